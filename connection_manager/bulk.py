@@ -1,0 +1,79 @@
+"""Concurrent conditional writes with a bound on how many are in flight.
+
+Against real DynamoDB a write is a network round trip; issuing them one at a time makes a
+sweep of N rows cost N round trips of wall time. A small thread pool overlaps them, and a
+semaphore caps the work queued ahead of the pool so memory stays flat however many rows a
+sweep streams through.
+"""
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+#: What one write reports: it was applied, its condition no longer held, or it failed.
+APPLIED, SKIPPED, FAILED = "applied", "skipped", "failed"
+
+
+@dataclass
+class BulkOutcome:
+    applied: int = 0
+    skipped: int = 0
+    failed: int = 0
+    max_in_flight: int = 0
+    failures: list[str] = field(default_factory=list)
+
+
+class BoundedWriter:
+    """Runs ``write(item) -> APPLIED|SKIPPED|FAILED`` for each submitted item, concurrently."""
+
+    MAX_FAILURES_KEPT = 10
+
+    def __init__(self, write: Callable[[str], str], concurrency: int) -> None:
+        self._write = write
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="cm-write")
+        self._slots = threading.BoundedSemaphore(concurrency)
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self.outcome = BulkOutcome()
+
+    def submit(self, item: str) -> None:
+        self._slots.acquire()
+        with self._lock:
+            self._in_flight += 1
+            self.outcome.max_in_flight = max(self.outcome.max_in_flight, self._in_flight)
+        future = self._pool.submit(self._run, item)
+        future.add_done_callback(self._done)
+
+    def _run(self, item: str) -> str:
+        try:
+            return self._write(item)
+        except Exception as exc:  # reported in the outcome, never lost
+            with self._lock:
+                if len(self.outcome.failures) < self.MAX_FAILURES_KEPT:
+                    self.outcome.failures.append(f"{item}: {exc}")
+            return FAILED
+
+    def _done(self, future: Future[str]) -> None:
+        result = future.result()
+        with self._lock:
+            self._in_flight -= 1
+            if result == APPLIED:
+                self.outcome.applied += 1
+            elif result == SKIPPED:
+                self.outcome.skipped += 1
+            else:
+                self.outcome.failed += 1
+        self._slots.release()
+
+    def close(self) -> BulkOutcome:
+        """Wait for every submitted write; nothing is left half-done when this returns."""
+        self._pool.shutdown(wait=True)
+        return self.outcome
+
+    def __enter__(self) -> "BoundedWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

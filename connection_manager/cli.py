@@ -1,0 +1,144 @@
+"""The ``connection-manager`` console script.
+
+Every command goes through the same layers as the Lambda function (``invoke`` literally
+runs ``lambda_handler``), so what works here works deployed.
+"""
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from typing import Any, Sequence
+
+from connection_manager.errors import ConnectionManagerError
+
+
+def _print(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def _service() -> Any:
+    from connection_manager.handler import get_service
+
+    return get_service()
+
+
+def cmd_create_table(args: argparse.Namespace) -> int:
+    service = _service()
+    created = service.create_table()
+    ttl = service.enable_ttl()
+    table = service.settings.table_name
+    print(f"table '{table}' {'created' if created else 'already exists'}")
+    if ttl:
+        print("TTL enabled on 'expiresAt': DISCONNECTED rows expire after the retention period")
+    else:
+        print("warning: this DynamoDB server does not support TTL; DISCONNECTED rows will not expire", file=sys.stderr)
+    return 0
+
+
+def cmd_invoke(args: argparse.Namespace) -> int:
+    from connection_manager.handler import lambda_handler
+
+    try:
+        event = json.loads(args.event)
+    except json.JSONDecodeError as exc:
+        _print({"statusCode": 400, "body": {"error": "ValidationError", "message": f"The event is not valid JSON: {exc}"}})
+        return 2
+    response = lambda_handler(event, None)
+    _print(response)
+    status = response.get("statusCode", 200) if isinstance(response, dict) else 200
+    return 0 if status < 400 else 1
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    from connection_manager.operations import Invocation, run_action
+
+    payload: dict[str, Any] = {"dryRun": args.dry_run}
+    if args.stale_after is not None:
+        payload["staleAfterSeconds"] = args.stale_after
+    invocation = Invocation(principal=f"cli:{getpass.getuser()}")
+    _, body = run_action(_service(), "cleanup_stale_connections", payload, invocation=invocation)
+    _print(body)
+    return 0
+
+
+def cmd_seed(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from connection_manager.seed import SeedPlan, seed
+
+    service = _service()
+    plan = SeedPlan(
+        live=args.count,
+        stale=args.stale,
+        history=args.history,
+        users=args.users,
+        stale_after_seconds=service.settings.stale_after_seconds,
+        prefix=args.prefix,
+    )
+    with tqdm(total=plan.total, unit="row", desc="seeding", disable=args.quiet) as bar:
+        written = seed(plan, service.clock(), progress=bar.update)
+    print(f"seeded {written} rows into '{service.settings.table_name}' "
+          f"({plan.live} live, {plan.stale} stale, {plan.history} disconnected)")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from connection_manager.server import serve
+
+    return serve(host=args.host, port=args.port, embedded=args.embedded)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="connection-manager",
+        description="Query, correct and sweep WebSocket connection rows in DynamoDB.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands.add_parser("create-table", help="create the table and its indexes, enable TTL").set_defaults(
+        func=cmd_create_table
+    )
+
+    invoke = commands.add_parser("invoke", help="run one event through lambda_handler and print the response")
+    invoke.add_argument("event", help='the event as JSON, e.g. \'{"action": "get_all_connections"}\'')
+    invoke.set_defaults(func=cmd_invoke)
+
+    cleanup = commands.add_parser("cleanup", help="mark stale CONNECTED connections DISCONNECTED")
+    cleanup.add_argument("--dry-run", action="store_true", help="count what would be cleaned, change nothing")
+    cleanup.add_argument("--stale-after", type=int, metavar="SECONDS", help="override STALE_AFTER_SECONDS")
+    cleanup.set_defaults(func=cmd_cleanup)
+
+    seed = commands.add_parser("seed", help="write demo connections (with a progress bar)")
+    seed.add_argument("count", type=int, help="live (CONNECTED, recently active) connections")
+    seed.add_argument("--stale", type=int, default=0, help="CONNECTED connections idle past the stale cutoff")
+    seed.add_argument("--history", type=int, default=0, help="DISCONNECTED rows of history")
+    seed.add_argument("--users", type=int, default=0, help="distinct users (default: a third of the rows)")
+    seed.add_argument("--prefix", default="demo", help="connection id prefix")
+    seed.add_argument("--quiet", action="store_true", help="no progress bar")
+    seed.set_defaults(func=cmd_seed)
+
+    serve = commands.add_parser("serve", help="run the admin app (HTTP API and dashboard)")
+    serve.add_argument("--embedded", action="store_true", help="in-process DynamoDB with the table and demo data")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    serve.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+    serve.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for name in ("count", "stale", "history", "users"):
+        if getattr(args, name, 0) is not None and getattr(args, name, 0) < 0:
+            print(f"error: {name} must not be negative", file=sys.stderr)
+            return 2
+    try:
+        return args.func(args)
+    except ConnectionManagerError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Settings read from the environment once, validated once, frozen.
+
+A bad value stops the process at start with one message naming every problem, instead
+of surfacing as a stack trace in the middle of some later request.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from connection_manager.errors import ConfigurationError
+
+DEFAULT_TABLE_NAME = "connections"
+
+
+@dataclass(frozen=True)
+class Settings:
+    table_name: str = DEFAULT_TABLE_NAME
+    stale_after_seconds: int = 3600
+    region: str | None = None
+    retention_seconds: int = 7 * 24 * 3600
+    max_retry_attempts: int = 3
+    connect_timeout_seconds: int = 5
+    read_timeout_seconds: int = 10
+    sweep_concurrency: int = 16
+    sweep_time_margin_ms: int = 10_000
+    default_page_size: int = 100
+    token_secret: str | None = field(default=None, repr=False)
+    admin_token: str | None = field(default=None, repr=False)
+    in_lambda: bool = False
+
+    @property
+    def max_pool_connections(self) -> int:
+        # One HTTP connection per concurrent sweep write, plus room for the reads.
+        return self.sweep_concurrency + 4
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if environ is None else environ
+        problems: list[str] = []
+        in_lambda = bool(env.get("AWS_LAMBDA_FUNCTION_NAME"))
+
+        table_name = env.get("CONNECTIONS_TABLE_NAME", "").strip()
+        if not table_name:
+            if in_lambda:
+                problems.append("CONNECTIONS_TABLE_NAME is required when running in AWS Lambda")
+            table_name = DEFAULT_TABLE_NAME
+
+        def integer(name: str, default: int, low: int, high: int) -> int:
+            raw = env.get(name)
+            if raw is None or raw.strip() == "":
+                return default
+            try:
+                value = int(raw.strip())
+            except ValueError:
+                problems.append(f"{name} must be a whole number, got {raw!r}")
+                return default
+            if not low <= value <= high:
+                problems.append(f"{name} must be between {low} and {high}, got {value}")
+                return default
+            return value
+
+        stale = integer("STALE_AFTER_SECONDS", 3600, 1, 365 * 24 * 3600)
+        retention = integer("DISCONNECTED_RETENTION_SECONDS", 7 * 24 * 3600, 0, 10 * 365 * 24 * 3600)
+        retries = integer("DYNAMODB_MAX_RETRIES", 3, 0, 10)
+        concurrency = integer("SWEEP_CONCURRENCY", 16, 1, 128)
+        margin = integer("SWEEP_TIME_MARGIN_MS", 10_000, 0, 600_000)
+        page = integer("DEFAULT_PAGE_SIZE", 100, 1, 1000)
+
+        region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None
+        if region is None and env.get("AWS_ENDPOINT_URL_DYNAMODB"):
+            # A local DynamoDB-compatible server ignores the region, but botocore insists on one.
+            region = "us-east-1"
+
+        if problems:
+            raise ConfigurationError("Invalid configuration: " + "; ".join(problems))
+        return cls(
+            table_name=table_name,
+            stale_after_seconds=stale,
+            region=region,
+            retention_seconds=retention,
+            max_retry_attempts=retries,
+            sweep_concurrency=concurrency,
+            sweep_time_margin_ms=margin,
+            default_page_size=page,
+            token_secret=env.get("PAGINATION_TOKEN_SECRET") or None,
+            admin_token=env.get("ADMIN_TOKEN") or None,
+            in_lambda=in_lambda,
+        )

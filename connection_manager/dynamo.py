@@ -1,0 +1,64 @@
+"""DynamoDB failures turned into the project's errors, in one place.
+
+PynamoDB reports the DynamoDB error code on ``cause_response_code``; we branch on that
+code, never on message text. Throttling and server errors have already been retried with
+jittered exponential backoff by botocore's standard retry mode (configured in
+``models.configure``) by the time they reach this module.
+"""
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from typing import Iterator
+
+from pynamodb.exceptions import DoesNotExist, PynamoDBException
+
+from connection_manager.errors import InternalError, UnavailableError
+
+log = logging.getLogger(__name__)
+
+CONDITION_FAILED = "ConditionalCheckFailedException"
+RETRYABLE_CODES = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "InternalServerError",
+        "ServiceUnavailable",
+        "LimitExceededException",
+    }
+)
+
+
+def is_condition_failure(exc: PynamoDBException) -> bool:
+    return exc.cause_response_code == CONDITION_FAILED
+
+
+@contextmanager
+def dynamo_errors(operation: str) -> Iterator[None]:
+    """Map a PynamoDB failure of ``operation`` onto a 503 (transient) or 500 (our bug).
+
+    A failed condition is re-raised untouched: it is an answer, not a failure.
+    """
+    try:
+        yield
+    except DoesNotExist:
+        raise  # the caller turns a missing row into the right 404 or 409
+    except PynamoDBException as exc:
+        code = exc.cause_response_code
+        if code == CONDITION_FAILED:
+            raise  # an expected outcome of a conditional write; the caller decides what it means
+        if code in RETRYABLE_CODES:
+            raise UnavailableError(
+                f"DynamoDB is throttling or failing ({code}) and {operation} did not succeed after retries; "
+                "try again shortly"
+            ) from None
+        if code == "ResourceNotFoundException":
+            raise UnavailableError(f"DynamoDB table not found during {operation}; was `create-table` run?") from None
+        if code in ("UnrecognizedClientException", "AccessDeniedException", "ExpiredTokenException"):
+            raise UnavailableError(f"DynamoDB refused the credentials during {operation} ({code})") from None
+        if code is None:
+            # No DynamoDB answer at all: the endpoint was unreachable or the connection dropped.
+            raise UnavailableError(f"DynamoDB could not be reached during {operation}; try again shortly") from None
+        log.exception("unexpected DynamoDB error during %s: %s", operation, code)
+        raise InternalError(f"Unexpected DynamoDB error during {operation} ({code})") from None

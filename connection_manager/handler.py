@@ -1,0 +1,143 @@
+"""The Lambda entry point: raw actions, the hourly schedule and API Gateway WebSocket events.
+
+Everything it does not own (API Gateway HTTP requests for the Flask admin app, Zappa's
+management commands) goes on to Zappa's own handler, imported only then, so a raw or
+scheduled invocation never pays for Flask.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from connection_manager.config import Settings
+from connection_manager.errors import ConnectionManagerError, InternalError, ValidationError
+from connection_manager.observability import record_error, set_request_id, setup_logging
+from connection_manager.operations import Invocation, run_action
+from connection_manager.service import ConnectionService
+from models.connection import DisconnectReason
+
+log = logging.getLogger(__name__)
+
+_service: ConnectionService | None = None
+
+#: Top-level keys of events that belong to Zappa's handler (HTTP requests, management commands).
+_ZAPPA_KEYS = ("httpMethod", "command", "raw_command", "manage", "Records", "awslogs")
+
+
+def get_service() -> ConnectionService:
+    """Build the service on first use, so bad configuration fails once with a clear message."""
+    global _service
+    if _service is None:
+        _service = ConnectionService(Settings.from_env())
+    return _service
+
+
+def lambda_handler(event: Any, context: Any = None) -> Any:
+    setup_logging()
+    set_request_id(getattr(context, "aws_request_id", None))
+    try:
+        if isinstance(event, dict) and _is_websocket(event):
+            return _websocket(event)
+        if isinstance(event, dict) and "action" not in event and _belongs_to_zappa(event):
+            return _delegate(event, context)
+        status, body = _dispatch(event, context)
+    except ConnectionManagerError as exc:
+        status, body = exc.status, exc.to_body()
+        if status >= 500:
+            record_error(exc.code)
+            log.warning("request failed: %s", exc.message)
+    except Exception:
+        log.exception("unhandled error")
+        record_error(InternalError.code)
+        error = InternalError("Internal error; see the function's logs")
+        status, body = error.status, error.to_body()
+    return {"statusCode": status, "body": body}
+
+
+def _dispatch(event: Any, context: Any) -> tuple[int, dict[str, Any]]:
+    time_left = getattr(context, "get_remaining_time_in_millis", None)
+    if not isinstance(event, dict):
+        raise ValidationError("The event must be a JSON object with an `action`")
+    if event.get("detail-type") == "Scheduled Event":
+        invocation = Invocation(principal="schedule", time_left_ms=time_left)
+        return run_action(get_service(), "cleanup_stale_connections", {}, invocation=invocation)
+    payload = {key: value for key, value in event.items() if key != "action"}
+    invocation = Invocation(principal=_invoker(context), time_left_ms=time_left)
+    return run_action(get_service(), event.get("action"), payload, invocation=invocation)
+
+
+def _invoker(context: Any) -> str:
+    """Direct invocations are authorized by IAM (lambda:InvokeFunction); name the function."""
+    arn = getattr(context, "invoked_function_arn", None)
+    return f"lambda-invoke:{arn}" if arn else "local"
+
+
+# API Gateway WebSocket ---------------------------------------------------------------------
+
+
+def _is_websocket(event: dict[str, Any]) -> bool:
+    context = event.get("requestContext")
+    return isinstance(context, dict) and "routeKey" in context and "connectionId" in context
+
+
+def _websocket(event: dict[str, Any]) -> dict[str, Any]:
+    """$connect registers, $disconnect marks DISCONNECTED (reason client), anything else is activity.
+
+    API Gateway only needs a status code. Repeated deliveries are harmless: a repeated
+    $connect is the same registration, a repeated $disconnect finds the row already gone.
+    """
+    request = event["requestContext"]
+    route, connection_id = request.get("routeKey"), request.get("connectionId")
+    service = get_service()
+    try:
+        if route == "$connect":
+            payload: dict[str, Any] = {"connectionId": connection_id, "userId": _websocket_user(event)}
+            metadata = _websocket_metadata(request)
+            if metadata:
+                payload["metadata"] = metadata
+            run_action(service, "register_connection", payload, invocation=Invocation(principal="apigateway:$connect"))
+        elif route == "$disconnect":
+            if isinstance(connection_id, str) and connection_id:
+                service.disconnect(connection_id, DisconnectReason.CLIENT)
+        else:
+            run_action(service, "heartbeat", {"connectionId": connection_id})
+    except ConnectionManagerError as exc:
+        if route == "$connect" or exc.status >= 500:
+            # Refusing the handshake is the only way to tell a client its $connect failed.
+            log.warning("websocket %s for %s failed: %s", route, connection_id, exc.message)
+            return {"statusCode": exc.status, "body": exc.to_body()}
+        log.info("websocket %s for %s ignored: %s", route, connection_id, exc.message)
+    return {"statusCode": 200}
+
+
+def _websocket_user(event: dict[str, Any]) -> Any:
+    authorizer = event["requestContext"].get("authorizer") or {}
+    if isinstance(authorizer, dict) and authorizer.get("principalId"):
+        return authorizer["principalId"]
+    query = event.get("queryStringParameters") or {}
+    return query.get("userId") if isinstance(query, dict) else None
+
+
+def _websocket_metadata(request: dict[str, Any]) -> dict[str, Any]:
+    identity = request.get("identity") or {}
+    metadata = {
+        "sourceIp": identity.get("sourceIp"),
+        "userAgent": (identity.get("userAgent") or "")[:512] or None,
+    }
+    return {key: value for key, value in metadata.items() if value}
+
+
+# Everything else -----------------------------------------------------------------------------
+
+
+def _belongs_to_zappa(event: dict[str, Any]) -> bool:
+    request = event.get("requestContext")
+    return any(key in event for key in _ZAPPA_KEYS) or (
+        isinstance(request, dict) and ("http" in request or "elb" in request)
+    )
+
+
+def _delegate(event: dict[str, Any], context: Any) -> Any:
+    from connection_manager import zappa_bridge
+
+    return zappa_bridge.delegate(event, context)

@@ -1,0 +1,151 @@
+"""One dispatch table from action name to validated service call.
+
+The raw Lambda handler and the Flask views both go through :func:`run_action`, so an
+action validates, answers and audits the same way whichever door it came in by.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from connection_manager import schemas as s
+from connection_manager.errors import ConnectionManagerError, ValidationError
+from connection_manager.observability import audit, record_sweep
+from connection_manager.service import ConnectionService, TimeLeft
+
+Body = dict[str, Any]
+Result = tuple[int, Body]
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """Who is asking and how much time they have; not part of any payload."""
+
+    principal: str = "anonymous"
+    time_left_ms: TimeLeft = None
+
+
+@dataclass(frozen=True)
+class Operation:
+    name: str
+    schema: type[s.Params]
+    run: Callable[[ConnectionService, Any, Invocation], Result]
+    mutates: bool
+    summary: str
+
+    def target(self, params: Any) -> str:
+        for field in ("connectionId", "userId"):
+            value = getattr(params, field, None)
+            if value:
+                return f"{field}={value}"
+        return "*"
+
+
+def _register(svc: ConnectionService, p: s.RegisterConnection, _: Invocation) -> Result:
+    record, created = svc.register_connection(p.connectionId, p.userId, p.metadata)
+    return (201 if created else 200), {"connection": record}
+
+
+def _cleanup(svc: ConnectionService, p: s.CleanupStaleConnections, inv: Invocation) -> Result:
+    result = svc.cleanup_stale_connections(p.staleAfterSeconds, p.dryRun, inv.time_left_ms)
+    record_sweep(result)
+    return 200, result.to_body()
+
+
+OPERATIONS: dict[str, Operation] = {
+    op.name: op
+    for op in (
+        Operation(
+            "get_user_connections",
+            s.GetUserConnections,
+            lambda svc, p, _: (200, svc.get_user_connections(p.userId, p.limit, p.nextToken).to_body()),
+            False,
+            "A user's CONNECTED connections.",
+        ),
+        Operation(
+            "get_all_connections",
+            s.GetAllConnections,
+            lambda svc, p, _: (200, svc.get_all_connections(p.limit, p.nextToken).to_body()),
+            False,
+            "All CONNECTED connections, paginated.",
+        ),
+        Operation(
+            "get_connection",
+            s.GetConnection,
+            lambda svc, p, _: (200, {"connection": svc.get_connection(p.connectionId)}),
+            False,
+            "One connection in any status.",
+        ),
+        Operation(
+            "update_connection_status",
+            s.UpdateConnectionStatus,
+            lambda svc, p, _: (200, {"connection": svc.update_connection_status(p.connectionId, p.status)}),
+            True,
+            "Set a connection's status; a missing connection is a 404 and nothing is created.",
+        ),
+        Operation(
+            "cleanup_stale_connections",
+            s.CleanupStaleConnections,
+            _cleanup,
+            True,
+            "Mark CONNECTED connections idle for longer than staleAfterSeconds as DISCONNECTED.",
+        ),
+        Operation("register_connection", s.RegisterConnection, _register, True, "Record a new CONNECTED connection."),
+        Operation(
+            "heartbeat",
+            s.Heartbeat,
+            lambda svc, p, _: (200, {"connection": svc.heartbeat(p.connectionId)}),
+            True,
+            "Refresh a CONNECTED connection's lastActiveAt.",
+        ),
+        Operation(
+            "disconnect_user",
+            s.DisconnectUser,
+            lambda svc, p, _: (200, {"disconnectedCount": svc.disconnect_user(p.userId)}),
+            True,
+            "Disconnect every CONNECTED connection of a user (reason admin).",
+        ),
+    )
+}
+
+#: Heartbeats are state changes but arrive at message rate; auditing each would drown the log.
+_NOT_AUDITED = frozenset({"heartbeat"})
+
+
+def run_action(
+    service: ConnectionService,
+    name: Any,
+    payload: dict[str, Any],
+    *,
+    strict: bool = True,
+    invocation: Invocation = Invocation(),
+) -> Result:
+    """Validate ``payload`` for action ``name`` and run it. Raises ConnectionManagerError."""
+    if name is None:
+        raise ValidationError("Missing `action`; expected one of: " + ", ".join(OPERATIONS))
+    if not isinstance(name, str):
+        raise ValidationError("`action` must be a string")
+    operation = OPERATIONS.get(name)
+    if operation is None:
+        shown = name if len(name) <= 64 else name[:64] + "..."
+        raise ValidationError(f"Unknown action '{shown}'; expected one of: " + ", ".join(OPERATIONS))
+    params = s.parse(operation.schema, payload, strict=strict)
+    if not operation.mutates or name in _NOT_AUDITED:
+        return operation.run(service, params, invocation)
+    try:
+        status, body = operation.run(service, params, invocation)
+    except ConnectionManagerError as exc:
+        audit(invocation.principal, name, operation.target(params), f"error:{exc.code}")
+        raise
+    audit(invocation.principal, name, operation.target(params), f"ok:{status}", _audit_details(name, body))
+    return status, body
+
+
+def _audit_details(name: str, body: Body) -> dict[str, Any]:
+    if name == "cleanup_stale_connections":
+        return {"cleanedCount": body.get("cleanedCount"), "dryRun": body.get("dryRun")}
+    if name == "disconnect_user":
+        return {"disconnectedCount": body.get("disconnectedCount")}
+    if name == "update_connection_status":
+        return {"status": body.get("connection", {}).get("status")}
+    return {}

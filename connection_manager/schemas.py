@@ -1,0 +1,242 @@
+"""The one validation layer: request and response shapes as msgspec Structs.
+
+The raw Lambda handler validates action payloads with these, the Flask views validate
+paths, query strings and bodies with the same ones, and the OpenAPI document is generated
+from them, so the front doors cannot drift apart. msgspec is used because it validates
+strictly (no silent ``"10"`` -> ``10`` for JSON events), explains failures with a path, and
+imports in a few milliseconds, which matters on a Lambda cold start.
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import Annotated, Any, Literal, TypeVar
+
+import msgspec
+from msgspec import Meta, Struct
+
+from connection_manager.errors import ValidationError
+
+#: DynamoDB's limit for a partition key value (and a GSI key value), in UTF-8 bytes.
+MAX_KEY_BYTES = 2048
+MAX_PAGE_SIZE = 1000
+MAX_METADATA_BYTES = 2048
+MAX_METADATA_DEPTH = 4
+MAX_STALE_AFTER_SECONDS = 365 * 24 * 3600
+
+KeyString = Annotated[
+    str,
+    Meta(min_length=1, max_length=MAX_KEY_BYTES, description="A DynamoDB key value: 1 to 2048 UTF-8 bytes."),
+]
+Status = Literal["CONNECTED", "DISCONNECTED"]
+Limit = Annotated[int, Meta(ge=1, le=MAX_PAGE_SIZE, description="Page size, 1 to 1000.")]
+NextToken = Annotated[
+    str, Meta(min_length=1, max_length=4096, description="Opaque token from a previous page's `nextToken`.")
+]
+StaleAfter = Annotated[
+    int, Meta(ge=1, le=MAX_STALE_AFTER_SECONDS, description="Seconds without activity after which a connection is stale.")
+]
+Timestamp = Annotated[str, Meta(description="ISO-8601 UTC with a Z suffix.", examples=["2024-01-01T00:05:00Z"])]
+
+
+def _check_key(name: str, value: str) -> None:
+    if len(value.encode("utf-8")) > MAX_KEY_BYTES:
+        raise ValueError(f"`{name}` is longer than DynamoDB allows ({MAX_KEY_BYTES} bytes)")
+    if not value.strip():
+        raise ValueError(f"`{name}` must not be blank")
+
+
+def _check_metadata(metadata: dict[str, Any]) -> None:
+    def depth(value: Any, level: int) -> None:
+        if level > MAX_METADATA_DEPTH:
+            raise ValueError(f"`metadata` is nested deeper than {MAX_METADATA_DEPTH} levels")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("`metadata` numbers must be finite")
+        if isinstance(value, dict):
+            for item in value.values():
+                depth(item, level + 1)
+        elif isinstance(value, list):
+            for item in value:
+                depth(item, level + 1)
+
+    depth(metadata, 1)
+    if len(json.dumps(metadata, separators=(",", ":"))) > MAX_METADATA_BYTES:
+        raise ValueError(f"`metadata` is larger than {MAX_METADATA_BYTES} bytes of JSON")
+
+
+class Params(Struct, forbid_unknown_fields=True, frozen=True):
+    """Base of the request shapes: unknown fields are an error, not silently dropped."""
+
+
+# Requests ---------------------------------------------------------------------------
+
+
+class GetUserConnections(Params):
+    userId: KeyString
+    limit: Limit | None = None
+    nextToken: NextToken | None = None
+
+    def __post_init__(self) -> None:
+        _check_key("userId", self.userId)
+
+
+class GetAllConnections(Params):
+    limit: Limit | None = None
+    nextToken: NextToken | None = None
+
+
+class GetConnection(Params):
+    connectionId: KeyString
+
+    def __post_init__(self) -> None:
+        _check_key("connectionId", self.connectionId)
+
+
+class UpdateConnectionStatus(Params):
+    connectionId: KeyString
+    status: Status
+
+    def __post_init__(self) -> None:
+        _check_key("connectionId", self.connectionId)
+
+
+class StatusChange(Params):
+    """Body of ``PATCH /connections/<connectionId>``."""
+
+    status: Status
+
+
+class CleanupStaleConnections(Params):
+    staleAfterSeconds: StaleAfter | None = None
+    dryRun: bool = False
+
+
+class RegisterConnection(Params):
+    connectionId: KeyString
+    userId: KeyString
+    metadata: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        _check_key("connectionId", self.connectionId)
+        _check_key("userId", self.userId)
+        if self.metadata is not None:
+            _check_metadata(self.metadata)
+
+
+class Heartbeat(GetConnection):
+    pass
+
+
+class DisconnectUser(Params):
+    userId: KeyString
+
+    def __post_init__(self) -> None:
+        _check_key("userId", self.userId)
+
+
+class Page(Params):
+    """Query string of the paginated HTTP lists."""
+
+    limit: Limit | None = None
+    nextToken: NextToken | None = None
+
+
+class NoParams(Params):
+    pass
+
+
+# Responses (documented in OpenAPI; bodies are built from these) -----------------------
+
+
+class ConnectionRecord(Struct, omit_defaults=True):
+    connectionId: str
+    userId: str
+    status: Status
+    createdAt: Timestamp
+    lastActiveAt: Timestamp | None = None
+    updatedAt: Timestamp | None = None
+    disconnectedAt: Timestamp | None = None
+    disconnectReason: Literal["client", "stale", "admin"] | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class ConnectionList(Struct, omit_defaults=True):
+    connections: list[ConnectionRecord]
+    count: int
+    nextToken: str | None = None
+
+
+class ConnectionEnvelope(Struct):
+    connection: ConnectionRecord
+
+
+class CleanupResult(Struct, omit_defaults=True):
+    message: str
+    cleanedCount: int
+    dryRun: bool
+    complete: bool
+    scannedCount: int
+    skippedCount: int
+    failedCount: int
+    staleAfterSeconds: int
+    cutoff: Timestamp
+    durationMs: int
+
+
+class DisconnectResult(Struct):
+    disconnectedCount: int
+
+
+class Stats(Struct):
+    activeConnections: int
+    distinctUsers: int
+    staleConnections: int
+    staleAfterSeconds: int
+    table: str
+    generatedAt: Timestamp
+
+
+class Health(Struct):
+    status: str
+    table: str
+
+
+class ErrorBody(Struct):
+    error: str
+    message: str
+
+
+P = TypeVar("P", bound=Struct)
+
+
+def parse(schema: type[P], data: Any, *, strict: bool = True) -> P:
+    """Validate ``data`` against ``schema`` or raise a 400 that says what was wrong.
+
+    ``strict=False`` is for query strings and path segments, where every value arrives
+    as text and ``"10"`` must mean ``10``; JSON events and bodies stay strict.
+    """
+    if not isinstance(data, dict):
+        raise ValidationError(f"Expected a JSON object, got {_json_type(data)}")
+    try:
+        return msgspec.convert(data, type=schema, strict=strict)
+    except msgspec.ValidationError as exc:
+        raise ValidationError(_readable(str(exc))) from None
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return type(value).__name__
+
+
+def _readable(message: str) -> str:
+    """msgspec says ``... - at `$.userId```; callers know their fields without the ``$.``."""
+    return message.replace("`$.", "`").replace("`$`", "the request")

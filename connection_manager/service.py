@@ -1,0 +1,437 @@
+"""The operations on connection rows. Knows DynamoDB through the models, nothing of HTTP or Lambda.
+
+Every write that correctness depends on is a single conditional request, so concurrent
+writers (a heartbeat racing the sweep, two sweeps, a retry whose answer was lost) settle
+in DynamoDB rather than in a read-modify-write window here.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Callable, Iterable, Iterator
+
+from pynamodb.exceptions import DoesNotExist, PynamoDBException
+
+from connection_manager.bulk import APPLIED, SKIPPED, BoundedWriter, BulkOutcome
+from connection_manager.clock import Clock, utc_now
+from connection_manager.config import Settings
+from connection_manager.dynamo import dynamo_errors, is_condition_failure
+from connection_manager.errors import ConflictError, NotFoundError, UnavailableError
+from connection_manager.records import to_record
+from connection_manager.tokens import Cursor, TokenCodec
+from models.connection import (
+    ACTIVE_SHARDS,
+    ConnectionModel,
+    ConnectionStatus,
+    DisconnectReason,
+    configure,
+    format_timestamp,
+    shard_for,
+)
+
+log = logging.getLogger(__name__)
+
+CONNECTED = ConnectionStatus.CONNECTED.value
+DISCONNECTED = ConnectionStatus.DISCONNECTED.value
+
+_ACTIVE_KEYS = frozenset({"connectionId", "activeShard", "lastActiveAt"})
+_USER_KEYS = frozenset({"connectionId", "userId", "status"})
+
+#: Milliseconds of Lambda time left; None when the caller has no deadline.
+TimeLeft = Callable[[], int] | None
+
+
+@dataclass(frozen=True)
+class Page:
+    connections: list[dict[str, Any]]
+    next_token: str | None
+
+    def to_body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"connections": self.connections, "count": len(self.connections)}
+        if self.next_token:
+            body["nextToken"] = self.next_token
+        return body
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    cleaned: int
+    scanned: int
+    skipped: int
+    failed: int
+    complete: bool
+    dry_run: bool
+    stale_after_seconds: int
+    cutoff: datetime
+    duration_ms: int
+    max_in_flight: int
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "message": "Stale connections cleaned up" if not self.dry_run else "Dry run: nothing was changed",
+            "cleanedCount": self.cleaned,
+            "dryRun": self.dry_run,
+            "complete": self.complete,
+            "scannedCount": self.scanned,
+            "skippedCount": self.skipped,
+            "failedCount": self.failed,
+            "staleAfterSeconds": self.stale_after_seconds,
+            "cutoff": format_timestamp(self.cutoff),
+            "durationMs": self.duration_ms,
+        }
+
+
+@dataclass(frozen=True)
+class Stats:
+    active: int
+    users: int
+    stale: int
+    stale_after_seconds: int
+    table: str
+    generated_at: datetime
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "activeConnections": self.active,
+            "distinctUsers": self.users,
+            "staleConnections": self.stale,
+            "staleAfterSeconds": self.stale_after_seconds,
+            "table": self.table,
+            "generatedAt": format_timestamp(self.generated_at),
+        }
+
+
+def new_connection_row(
+    connection_id: str, user_id: str, now: datetime, metadata: dict[str, Any] | None = None
+) -> ConnectionModel:
+    """A fresh CONNECTED row, in the sparse index from its first write."""
+    return ConnectionModel(
+        connection_id,
+        user_id=user_id,
+        status=CONNECTED,
+        created_at=now,
+        last_active_at=now,
+        updated_at=now,
+        metadata=metadata,
+        active_shard=shard_for(connection_id),
+    )
+
+
+class ConnectionService:
+    """The operations of the contract; one instance per process is enough."""
+
+    def __init__(self, settings: Settings, clock: Clock = utc_now) -> None:
+        self.settings = settings
+        self.clock = clock
+        self._tokens = TokenCodec(settings.token_secret or f"connection-manager/{settings.table_name}")
+        configure(settings)
+
+    # Table ------------------------------------------------------------------------------
+
+    def create_table(self) -> bool:
+        """Create the table and its indexes if missing; True when it was created now."""
+        with dynamo_errors("create_table"):
+            if ConnectionModel.exists():
+                return False
+            # TTL is switched on by enable_ttl, where a server without TTL support can be reported.
+            ConnectionModel.create_table(wait=True, billing_mode="PAY_PER_REQUEST", ignore_update_ttl_errors=True)
+            return True
+
+    def enable_ttl(self) -> bool:
+        """Let DynamoDB purge DISCONNECTED rows once ``expiresAt`` passes; False if unsupported."""
+        try:
+            ConnectionModel.update_ttl(ignore_update_ttl_errors=False)
+        except Exception as exc:  # servers without TTL support fail in several ways
+            log.warning("could not enable TTL on %s: %s", self.settings.table_name, exc)
+            return False
+        return True
+
+    def health(self) -> dict[str, Any]:
+        with dynamo_errors("health check"):
+            ConnectionModel.describe_table()
+        return {"status": "ok", "table": self.settings.table_name}
+
+    # Reads ------------------------------------------------------------------------------
+
+    def get_connection(self, connection_id: str) -> dict[str, Any]:
+        return to_record(self._get(connection_id))
+
+    def get_user_connections(self, user_id: str, limit: int | None = None, next_token: str | None = None) -> Page:
+        limit = limit or self.settings.default_page_size
+        scope = f"user:{user_id}"
+        start = self._tokens.decode(next_token, scope, shards=1, key_names=_USER_KEYS).key if next_token else None
+        with dynamo_errors("get_user_connections"):
+            results = ConnectionModel.user_index.query(
+                user_id,
+                range_key_condition=ConnectionModel.status == CONNECTED,
+                limit=limit,
+                page_size=limit,
+                last_evaluated_key=start,
+            )
+            rows = [to_record(row) for row in results]
+            last_key = results.last_evaluated_key
+        token = self._tokens.encode(scope, Cursor(0, last_key)) if last_key and len(rows) == limit else None
+        return Page(rows, token)
+
+    def get_all_connections(self, limit: int | None = None, next_token: str | None = None) -> Page:
+        """Live connections from the sparse index, shard by shard, oldest activity first."""
+        limit = limit or self.settings.default_page_size
+        cursor = (
+            self._tokens.decode(next_token, "all", shards=ACTIVE_SHARDS, key_names=_ACTIVE_KEYS)
+            if next_token
+            else Cursor(0, None)
+        )
+        rows: list[dict[str, Any]] = []
+        shard, start = cursor.shard, cursor.key
+        next_cursor: Cursor | None = None
+        with dynamo_errors("get_all_connections"):
+            while shard < ACTIVE_SHARDS:
+                wanted = limit - len(rows)
+                results = ConnectionModel.active_index.query(
+                    shard, limit=wanted, page_size=wanted, last_evaluated_key=start
+                )
+                rows.extend(to_record(row) for row in results)
+                last_key = results.last_evaluated_key
+                if len(rows) >= limit:
+                    if last_key:
+                        next_cursor = Cursor(shard, last_key)
+                    elif shard + 1 < ACTIVE_SHARDS:
+                        next_cursor = Cursor(shard + 1, None)
+                    break
+                shard, start = shard + 1, None
+        token = self._tokens.encode("all", next_cursor) if next_cursor else None
+        return Page(rows, token)
+
+    def stats(self) -> Stats:
+        """Counts for the dashboard in one pass over the live rows (never the history)."""
+        now = self.clock()
+        cutoff = now - timedelta(seconds=self.settings.stale_after_seconds)
+        active = stale = 0
+        users: set[str] = set()
+        with dynamo_errors("stats"):
+            for row in self._active_rows(attributes=["connectionId", "userId", "lastActiveAt", "activeShard"]):
+                active += 1
+                users.add(row.user_id)
+                if row.last_active_at is not None and row.last_active_at < cutoff:
+                    stale += 1
+        return Stats(active, len(users), stale, self.settings.stale_after_seconds, self.settings.table_name, now)
+
+    # Writes -----------------------------------------------------------------------------
+
+    def register_connection(
+        self, connection_id: str, user_id: str, metadata: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], bool]:
+        """Create a CONNECTED row. Returns ``(record, created)``.
+
+        Repeating the same registration (same id and user, still CONNECTED) is a retry whose
+        answer was lost and returns the stored row with ``created=False``; any other existing
+        id is a conflict.
+        """
+        row = new_connection_row(connection_id, user_id, self.clock(), metadata)
+        try:
+            with dynamo_errors("register_connection"):
+                row.save(condition=ConnectionModel.connection_id.does_not_exist())
+            return to_record(row), True
+        except PynamoDBException as exc:
+            if not is_condition_failure(exc):
+                raise
+        existing = self._get(connection_id, missing=ConflictError(f"Connection '{connection_id}' already exists"))
+        if existing.user_id == user_id and existing.status == CONNECTED:
+            return to_record(existing), False
+        raise ConflictError(
+            f"Connection '{connection_id}' already exists"
+            + (" for another user" if existing.user_id != user_id else f" and is {existing.status}")
+        )
+
+    def heartbeat(self, connection_id: str) -> dict[str, Any]:
+        """Refresh ``lastActiveAt`` of a CONNECTED row; a DISCONNECTED one stays as it is (409)."""
+        now = self.clock()
+        row = ConnectionModel(connection_id)
+        actions = [
+            ConnectionModel.last_active_at.set(now),
+            ConnectionModel.updated_at.set(now),
+            # Also heals rows written by other tools without the index attribute.
+            ConnectionModel.active_shard.set(shard_for(connection_id)),
+        ]
+        if self._conditional_update(
+            row, actions, ConnectionModel.connection_id.exists() & (ConnectionModel.status == CONNECTED), "heartbeat"
+        ):
+            return to_record(row)
+        existing = self._get(connection_id)
+        raise ConflictError(f"Connection '{connection_id}' is {existing.status}; a heartbeat cannot revive it")
+
+    def update_connection_status(self, connection_id: str, status: str) -> dict[str, Any]:
+        """Set a status. Setting the status a row already has changes nothing and returns it."""
+        if status == DISCONNECTED:
+            row = self._disconnect(connection_id, DisconnectReason.ADMIN)
+            return to_record(row) if row is not None else self.get_connection(connection_id)
+        now = self.clock()
+        row = ConnectionModel(connection_id)
+        actions = [
+            ConnectionModel.status.set(CONNECTED),
+            ConnectionModel.last_active_at.set(now),
+            ConnectionModel.updated_at.set(now),
+            ConnectionModel.active_shard.set(shard_for(connection_id)),
+            ConnectionModel.disconnected_at.remove(),
+            ConnectionModel.disconnect_reason.remove(),
+            ConnectionModel.expires_at.remove(),
+        ]
+        condition = ConnectionModel.connection_id.exists() & (ConnectionModel.status != CONNECTED)
+        if self._conditional_update(row, actions, condition, "update_connection_status"):
+            return to_record(row)
+        return self.get_connection(connection_id)  # already CONNECTED, or 404
+
+    def disconnect(self, connection_id: str, reason: DisconnectReason) -> dict[str, Any] | None:
+        """Mark one connection DISCONNECTED; None when it was already, or never existed."""
+        try:
+            row = self._disconnect(connection_id, reason)
+        except NotFoundError:
+            return None
+        return to_record(row) if row is not None else None
+
+    def disconnect_user(self, user_id: str) -> int:
+        """Disconnect every live connection of a user (reason ``admin``); returns how many."""
+        with dynamo_errors("disconnect_user"):
+            ids = (
+                row.connection_id
+                for row in ConnectionModel.user_index.query(
+                    user_id, range_key_condition=ConnectionModel.status == CONNECTED, attributes_to_get=["connectionId"]
+                )
+            )
+            outcome = self._write_all(ids, lambda cid: self._disconnect_outcome(cid, DisconnectReason.ADMIN))
+        if outcome.failed:
+            raise UnavailableError(
+                f"{outcome.failed} of the user's connections could not be disconnected after retries "
+                f"({outcome.applied} were); try again"
+            )
+        return outcome.applied
+
+    def cleanup_stale_connections(
+        self,
+        stale_after_seconds: int | None = None,
+        dry_run: bool = False,
+        time_left_ms: TimeLeft = None,
+    ) -> SweepResult:
+        """Mark CONNECTED rows idle since before the cutoff as DISCONNECTED (reason ``stale``).
+
+        Reads only the stale rows (a range query per shard of the sparse index), writes them
+        concurrently, and stops taking new rows once ``time_left_ms()`` falls under the
+        configured margin, reporting ``complete=False`` so the next run finishes the job.
+        Each write re-checks the cutoff, so a heartbeat that lands mid-sweep wins.
+        """
+        started = time.monotonic()
+        stale_after = stale_after_seconds or self.settings.stale_after_seconds
+        cutoff = self.clock() - timedelta(seconds=stale_after)
+        margin = self.settings.sweep_time_margin_ms
+
+        def out_of_time() -> bool:
+            return time_left_ms is not None and time_left_ms() < margin
+
+        scanned = 0
+        complete = True
+
+        def stale_ids() -> Iterator[str]:
+            nonlocal scanned, complete
+            for row in self._active_rows(
+                attributes=["connectionId", "activeShard", "lastActiveAt"],
+                range_key_condition=ConnectionModel.last_active_at < cutoff,
+            ):
+                if out_of_time():
+                    complete = False
+                    return
+                scanned += 1
+                yield row.connection_id
+
+        with dynamo_errors("cleanup_stale_connections"):
+            if dry_run:
+                for _ in stale_ids():
+                    pass
+                outcome = None
+            else:
+                outcome = self._write_all(stale_ids(), lambda cid: self._sweep_one(cid, cutoff))
+        duration_ms = int((time.monotonic() - started) * 1000)
+        result = SweepResult(
+            cleaned=scanned if outcome is None else outcome.applied,
+            scanned=scanned,
+            skipped=0 if outcome is None else outcome.skipped,
+            failed=0 if outcome is None else outcome.failed,
+            complete=complete,
+            dry_run=dry_run,
+            stale_after_seconds=stale_after,
+            cutoff=cutoff,
+            duration_ms=duration_ms,
+            max_in_flight=0 if outcome is None else outcome.max_in_flight,
+        )
+        if outcome is not None and outcome.failures:
+            log.warning("sweep writes failed after retries: %s", "; ".join(outcome.failures))
+        return result
+
+    # Internals --------------------------------------------------------------------------
+
+    def _get(self, connection_id: str, missing: Exception | None = None) -> ConnectionModel:
+        try:
+            with dynamo_errors("get_connection"):
+                return ConnectionModel.get(connection_id, consistent_read=True)
+        except DoesNotExist:
+            raise (missing or NotFoundError(f"Connection '{connection_id}' does not exist")) from None
+
+    def _active_rows(self, attributes: list[str], range_key_condition: Any = None) -> Iterable[ConnectionModel]:
+        """Stream the sparse index shard by shard; one page in memory at a time."""
+        for shard in range(ACTIVE_SHARDS):
+            yield from ConnectionModel.active_index.query(
+                shard, range_key_condition=range_key_condition, attributes_to_get=attributes
+            )
+
+    def _conditional_update(self, row: ConnectionModel, actions: list[Any], condition: Any, operation: str) -> bool:
+        """Apply ``actions`` if ``condition`` holds; False when it did not (nothing written)."""
+        try:
+            with dynamo_errors(operation):
+                row.update(actions=actions, condition=condition)
+            return True
+        except PynamoDBException as exc:
+            if is_condition_failure(exc):
+                return False
+            raise
+
+    def _disconnect_actions(self, reason: DisconnectReason) -> list[Any]:
+        now = self.clock()
+        actions = [
+            ConnectionModel.status.set(DISCONNECTED),
+            ConnectionModel.disconnect_reason.set(reason.value),
+            ConnectionModel.disconnected_at.set(now),
+            ConnectionModel.updated_at.set(now),
+            # Leaving the sparse index in the same write is what keeps it live-only.
+            ConnectionModel.active_shard.remove(),
+        ]
+        if self.settings.retention_seconds:
+            actions.append(ConnectionModel.expires_at.set(now + timedelta(seconds=self.settings.retention_seconds)))
+        return actions
+
+    def _disconnect(self, connection_id: str, reason: DisconnectReason) -> ConnectionModel | None:
+        """Disconnect if CONNECTED. Returns the new row, None if it was already DISCONNECTED; 404 if missing."""
+        row = ConnectionModel(connection_id)
+        condition = ConnectionModel.connection_id.exists() & (ConnectionModel.status == CONNECTED)
+        if self._conditional_update(row, self._disconnect_actions(reason), condition, "disconnect"):
+            return row
+        self._get(connection_id)  # raises 404 when the row does not exist
+        return None
+
+    def _disconnect_outcome(self, connection_id: str, reason: DisconnectReason) -> str:
+        row = ConnectionModel(connection_id)
+        condition = ConnectionModel.connection_id.exists() & (ConnectionModel.status == CONNECTED)
+        return APPLIED if self._conditional_update(row, self._disconnect_actions(reason), condition, "disconnect") else SKIPPED
+
+    def _sweep_one(self, connection_id: str, cutoff: datetime) -> str:
+        row = ConnectionModel(connection_id)
+        condition = (ConnectionModel.status == CONNECTED) & (ConnectionModel.last_active_at < cutoff)
+        if self._conditional_update(row, self._disconnect_actions(DisconnectReason.STALE), condition, "sweep"):
+            return APPLIED
+        return SKIPPED
+
+    def _write_all(self, ids: Iterable[str], write: Callable[[str], str]) -> BulkOutcome:
+        with BoundedWriter(write, self.settings.sweep_concurrency) as writer:
+            for connection_id in ids:
+                writer.submit(connection_id)
+        return writer.outcome

@@ -1,0 +1,159 @@
+"""The connections table: one row per WebSocket connection, keyed by ``connectionId``.
+
+Two global secondary indexes serve the routine reads:
+
+* ``UserIdIndex`` (``userId``, ``status``): a user's connections in one status, as the
+  platform has always had it.
+* ``ActiveIndex`` (``activeShard``, ``lastActiveAt``): a *sparse* index. ``activeShard``
+  is written only while a row is CONNECTED and removed in the same conditional write that
+  disconnects it, so the index holds live rows only, however much DISCONNECTED history
+  the table keeps. Listing live connections or finding stale ones is a range query on it
+  and reads about as many items as it returns. The partition is spread over
+  ``ACTIVE_SHARDS`` values so no single partition takes every heartbeat.
+"""
+from __future__ import annotations
+
+import zlib
+from datetime import datetime, timezone
+from enum import StrEnum
+from typing import Any, Protocol
+
+from pynamodb.attributes import (
+    Attribute,
+    MapAttribute,
+    NumberAttribute,
+    TTLAttribute,
+    UnicodeAttribute,
+)
+from pynamodb.constants import STRING
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
+from pynamodb.models import Model
+
+#: Number of partition values of ``ActiveIndex``. Part of the table's layout: the sweep
+#: queries shards ``0..ACTIVE_SHARDS-1``, so it may grow but never shrink without a reindex.
+ACTIVE_SHARDS = 4
+
+TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+class ConnectionStatus(StrEnum):
+    CONNECTED = "CONNECTED"
+    DISCONNECTED = "DISCONNECTED"
+
+
+class DisconnectReason(StrEnum):
+    CLIENT = "client"
+    STALE = "stale"
+    ADMIN = "admin"
+
+
+def format_timestamp(value: datetime) -> str:
+    """ISO-8601 UTC with a ``Z`` suffix, second precision: the one format in the table.
+
+    A fixed-width format keeps string order equal to time order, which the
+    ``lastActiveAt < cutoff`` key condition of the stale sweep relies on.
+    """
+    if value.tzinfo is None:
+        raise ValueError("timestamps must be timezone-aware")
+    return value.astimezone(timezone.utc).strftime(TIMESTAMP_FORMAT)
+
+
+def parse_timestamp(value: str) -> datetime:
+    """Read our own format and the common variants other writers of the table use."""
+    text = value.strip()
+    if text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    parsed = datetime.fromisoformat(text)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.astimezone(timezone.utc)
+
+
+class IsoTimestampAttribute(Attribute[datetime]):
+    """A datetime stored as an ISO-8601 ``Z`` string (PynamoDB's own uses ``+0000``)."""
+
+    attr_type = STRING
+
+    def serialize(self, value: datetime) -> str:
+        return format_timestamp(value)
+
+    def deserialize(self, value: str) -> datetime:
+        return parse_timestamp(value)
+
+
+class UserIdIndex(GlobalSecondaryIndex["ConnectionModel"]):
+    """A user's connections by status."""
+
+    class Meta:
+        index_name = "UserIdIndex"
+        projection = AllProjection()
+
+    user_id = UnicodeAttribute(hash_key=True, attr_name="userId")
+    status = UnicodeAttribute(range_key=True, attr_name="status")
+
+
+class ActiveIndex(GlobalSecondaryIndex["ConnectionModel"]):
+    """Live connections only (sparse), ordered by last activity within each shard."""
+
+    class Meta:
+        index_name = "ActiveIndex"
+        projection = AllProjection()
+
+    active_shard = NumberAttribute(hash_key=True, attr_name="activeShard")
+    last_active_at = IsoTimestampAttribute(range_key=True, attr_name="lastActiveAt")
+
+
+class ConnectionModel(Model):
+    """One WebSocket connection, live or historical."""
+
+    class Meta:
+        table_name = "connections"
+        billing_mode = "PAY_PER_REQUEST"
+        max_pool_connections = 32
+        retry_configuration: Any = {"mode": "standard", "total_max_attempts": 4}
+
+    connection_id = UnicodeAttribute(hash_key=True, attr_name="connectionId")
+    user_id = UnicodeAttribute(attr_name="userId")
+    status = UnicodeAttribute(attr_name="status")
+    created_at = IsoTimestampAttribute(attr_name="createdAt")
+    last_active_at = IsoTimestampAttribute(null=True, attr_name="lastActiveAt")
+    updated_at = IsoTimestampAttribute(null=True, attr_name="updatedAt")
+    disconnected_at = IsoTimestampAttribute(null=True, attr_name="disconnectedAt")
+    disconnect_reason = UnicodeAttribute(null=True, attr_name="disconnectReason")
+    metadata = MapAttribute[str, Any](null=True, attr_name="metadata")
+    expires_at = TTLAttribute(null=True, attr_name="expiresAt")
+    active_shard = NumberAttribute(null=True, attr_name="activeShard")
+
+    user_index = UserIdIndex()
+    active_index = ActiveIndex()
+
+
+def shard_for(connection_id: str) -> int:
+    """Stable shard of a connection id (crc32 is cheap and the same in every process)."""
+    return zlib.crc32(connection_id.encode("utf-8")) % ACTIVE_SHARDS
+
+
+class TableSettings(Protocol):
+    table_name: str
+    region: str | None
+    max_retry_attempts: int
+    connect_timeout_seconds: int
+    read_timeout_seconds: int
+    max_pool_connections: int
+
+
+def configure(settings: TableSettings) -> None:
+    """Bind the model to a table, region and retry policy chosen at run time.
+
+    PynamoDB reads ``Meta`` when it first builds its connection, so the cached connection
+    is dropped here; the endpoint itself comes from botocore's standard
+    ``AWS_ENDPOINT_URL_DYNAMODB`` resolution.
+    """
+    meta = ConnectionModel.Meta
+    meta.table_name = settings.table_name
+    meta.region = settings.region  # type: ignore[attr-defined]
+    meta.connect_timeout_seconds = settings.connect_timeout_seconds  # type: ignore[attr-defined]
+    meta.read_timeout_seconds = settings.read_timeout_seconds  # type: ignore[attr-defined]
+    meta.max_pool_connections = settings.max_pool_connections
+    meta.retry_configuration = {"mode": "standard", "total_max_attempts": 1 + settings.max_retry_attempts}
+    ConnectionModel._connection = None
