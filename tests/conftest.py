@@ -1,0 +1,83 @@
+"""Shared pytest fixtures.
+
+Every test runs with dummy AWS credentials and a fixed region, and without any proxy or
+profile from the developer's shell, so no test can ever reach real AWS. Tests that need
+the wire protocol get a real ``moto_server`` (one per session) and a fresh
+``dynamo_proxy`` in front of it.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.dynamo_proxy import DynamoProxy
+from tests.support.moto_server import MotoServer
+
+# Environment that could point boto3 somewhere other than the local fakes.
+_AWS_ENV_TO_CLEAR = (
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_DYNAMODB",
+    "AWS_ROLE_ARN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "http_proxy",
+    "https_proxy",
+)
+
+
+# --- environment --------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def aws_test_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Dummy credentials and region; no shared config or credentials file is read."""
+    for name in _AWS_ENV_TO_CLEAR:
+        monkeypatch.delenv(name, raising=False)
+    empty = tmp_path_factory.getbasetemp() / "no-aws-config"
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(empty))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    # The instance metadata service is an AWS endpoint too; never wait for it.
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+
+
+# --- wire-level DynamoDB: a real moto server and a proxy in front of it -------------
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    """One ``moto_server`` subprocess on a free loopback port for the whole session."""
+    server = MotoServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def dynamo_proxy(moto_server: MotoServer) -> Iterator[DynamoProxy]:
+    """A fresh proxy (no latency, no faults, zeroed counters) on an empty moto server.
+
+    The server's state is wiped first, so each test starts without tables.
+    Point clients at ``dynamo_proxy.url``.
+    """
+    moto_server.reset()
+    with DynamoProxy(moto_server.url) as proxy:
+        yield proxy
+
+
+# --- service-level fixtures ---------------------------------------------------------
+# (in-process ``dynamodb`` table, ``service``, ``clock``, ``make_connection`` go here)
