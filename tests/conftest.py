@@ -2,7 +2,7 @@
 
 Every test runs with dummy AWS credentials and a fixed region, and without any proxy or
 profile from the developer's shell, so no test can ever reach real AWS. Tests that need
-the wire protocol get a real ``moto_server`` (one per session) and a fresh
+the wire protocol get a real ``moto_server`` (one per test run) and a fresh
 ``dynamo_proxy`` in front of it.
 """
 from __future__ import annotations
@@ -58,7 +58,7 @@ def aws_test_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pyte
 
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[MotoServer]:
-    """One ``moto_server`` subprocess on a free loopback port for the whole session."""
+    """One ``moto_server`` subprocess on a free loopback port for the whole test run."""
     server = MotoServer()
     server.start()
     try:
