@@ -1,6 +1,6 @@
 """DynamoDB failures turned into the project's errors, in one place.
 
-PynamoDB reports the DynamoDB error code on ``cause_response_code``; we branch on that
+PynamoDB carries the DynamoDB error code on the botocore error it wraps; we branch on that
 code, never on message text. Throttling and server errors have already been retried with
 jittered exponential backoff by botocore's standard retry mode (configured in
 ``models.configure``) by the time they reach this module.
@@ -30,8 +30,20 @@ RETRYABLE_CODES = frozenset(
 )
 
 
+def error_code(exc: PynamoDBException) -> str | None:
+    """The DynamoDB error code, or None when no answer came back at all.
+
+    ``cause_response_code`` itself raises ``AttributeError`` for a dropped connection:
+    botocore's connection errors carry ``response=None``.
+    """
+    response = getattr(exc.cause, "response", None)
+    if not isinstance(response, dict):
+        return None
+    return response.get("Error", {}).get("Code")
+
+
 def is_condition_failure(exc: PynamoDBException) -> bool:
-    return exc.cause_response_code == CONDITION_FAILED
+    return error_code(exc) == CONDITION_FAILED
 
 
 @contextmanager
@@ -45,7 +57,7 @@ def dynamo_errors(operation: str) -> Iterator[None]:
     except DoesNotExist:
         raise  # the caller turns a missing row into the right 404 or 409
     except PynamoDBException as exc:
-        code = exc.cause_response_code
+        code = error_code(exc)
         if code == CONDITION_FAILED:
             raise  # an expected outcome of a conditional write; the caller decides what it means
         if code in RETRYABLE_CODES:

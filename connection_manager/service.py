@@ -17,7 +17,7 @@ from pynamodb.exceptions import DoesNotExist, PynamoDBException
 from connection_manager.bulk import APPLIED, SKIPPED, BoundedWriter, BulkOutcome
 from connection_manager.clock import Clock, utc_now
 from connection_manager.config import Settings
-from connection_manager.dynamo import dynamo_errors, is_condition_failure
+from connection_manager.dynamo import dynamo_errors, error_code, is_condition_failure
 from connection_manager.errors import ConflictError, NotFoundError, UnavailableError
 from connection_manager.records import to_record
 from connection_manager.tokens import Cursor, TokenCodec
@@ -331,13 +331,26 @@ class ConnectionService:
 
         scanned = 0
         complete = True
+        read_failure: PynamoDBException | None = None
 
         def stale_ids() -> Iterator[str]:
-            nonlocal scanned, complete
-            for row in self._active_rows(
-                attributes=["connectionId", "activeShard", "lastActiveAt"],
-                range_key_condition=ConnectionModel.last_active_at < cutoff,
-            ):
+            nonlocal scanned, complete, read_failure
+            rows = iter(
+                self._active_rows(
+                    attributes=["connectionId", "activeShard", "lastActiveAt"],
+                    range_key_condition=ConnectionModel.last_active_at < cutoff,
+                )
+            )
+            while True:
+                try:
+                    row = next(rows)
+                except StopIteration:
+                    return
+                except PynamoDBException as exc:
+                    # A Query still failing after retries ends this run early instead of
+                    # discarding the count of writes already made; the next run resumes.
+                    read_failure, complete = exc, False
+                    return
                 if out_of_time():
                     complete = False
                     return
@@ -351,13 +364,22 @@ class ConnectionService:
                 outcome = None
             else:
                 outcome = self._write_all(stale_ids(), lambda cid: self._sweep_one(cid, cutoff))
+            if read_failure is not None and scanned == 0:
+                raise read_failure  # nothing done: a plain 503 says it best
+        if read_failure is not None:
+            log.warning(
+                "sweep stopped early: reading stale rows failed after retries (%s); the next run resumes",
+                error_code(read_failure) or "DynamoDB unreachable",
+            )
         duration_ms = int((time.monotonic() - started) * 1000)
+        failed = 0 if outcome is None else outcome.failed
         result = SweepResult(
             cleaned=scanned if outcome is None else outcome.applied,
             scanned=scanned,
             skipped=0 if outcome is None else outcome.skipped,
-            failed=0 if outcome is None else outcome.failed,
-            complete=complete,
+            failed=failed,
+            # Rows whose write failed are still stale: more remains for the next run.
+            complete=complete and failed == 0,
             dry_run=dry_run,
             stale_after_seconds=stale_after,
             cutoff=cutoff,

@@ -156,4 +156,8 @@ def configure(settings: TableSettings) -> None:
     meta.read_timeout_seconds = settings.read_timeout_seconds  # type: ignore[attr-defined]
     meta.max_pool_connections = settings.max_pool_connections
     meta.retry_configuration = {"mode": "standard", "total_max_attempts": 1 + settings.max_retry_attempts}
+    # PynamoDB 6.1 builds the model's connection from ``max_retry_attempts`` only (in its
+    # "standard"-mode default) and never passes ``retry_configuration`` on, so this is the
+    # setting that actually bounds the retries.
+    meta.max_retry_attempts = settings.max_retry_attempts  # type: ignore[attr-defined]
     ConnectionModel._connection = None
