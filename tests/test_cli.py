@@ -1,0 +1,147 @@
+"""The ``connection-manager`` console script, run in-process on moto's ``mock_aws``.
+
+(The same commands as real subprocesses over HTTP are in ``test_integration.py``.)
+"""
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+
+import connection_manager.observability as observability
+from connection_manager import cli
+from models.connection import ConnectionModel
+from tests.support.fixtures import *  # noqa: F401,F403
+from tests.support.fixtures import raw_item, raw_items
+
+
+@pytest.fixture(autouse=True)
+def _quiet_logging(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(observability, "_configured", True)
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_create_table__creates_once_and_enables_ttl(capsys, monkeypatch, fresh_handler_service, settings):
+    from moto import mock_aws
+
+    with mock_aws():
+        code, out, _ = run(capsys, "create-table")
+        assert code == 0
+        assert "created" in out and "already exists" not in out
+        assert "TTL enabled" in out
+        assert ConnectionModel.exists()
+        description = ConnectionModel.describe_table()
+        indexes = {index["IndexName"] for index in description["GlobalSecondaryIndexes"]}
+        assert indexes == {"UserIdIndex", "ActiveIndex"}
+
+        code, out, _ = run(capsys, "create-table")
+        assert code == 0
+        assert "already exists" in out
+
+
+def test_invoke__prints_the_handler_response_as_json(capsys, handler_service, make_connection):
+    make_connection("c1", user_id="u1")
+
+    code, out, _ = run(capsys, "invoke", '{"action": "get_all_connections"}')
+
+    assert code == 0
+    response = json.loads(out)
+    assert response["statusCode"] == 200
+    assert [record["connectionId"] for record in response["body"]["connections"]] == ["c1"]
+
+
+def test_invoke__error_response_exits_1(capsys, handler_service):
+    code, out, _ = run(capsys, "invoke", '{"action": "heartbeat", "connectionId": "ghost"}')
+
+    assert code == 1
+    response = json.loads(out)
+    assert response["statusCode"] == 404
+    assert set(response["body"]) == {"error", "message"}
+    assert response["body"]["error"] == "NotFound"
+    assert raw_items() == []
+
+
+def test_invoke__not_json_exits_2_with_a_400_body(capsys, handler_service):
+    code, out, _ = run(capsys, "invoke", "{action: get_all_connections}")
+
+    assert code == 2
+    response = json.loads(out)
+    assert response["statusCode"] == 400
+    assert response["body"]["error"] == "ValidationError"
+    assert "JSON" in response["body"]["message"]
+
+
+def test_invoke__scheduled_event(capsys, handler_service, make_connection):
+    make_connection("stale", user_id="u1", idle=timedelta(hours=2))
+    event = json.dumps({"detail-type": "Scheduled Event", "source": "aws.events", "detail": {}})
+
+    code, out, _ = run(capsys, "invoke", event)
+
+    assert code == 0
+    assert json.loads(out)["body"]["cleanedCount"] == 1
+    assert raw_item("stale")["disconnectReason"] == "stale"
+
+
+def test_cleanup__dry_run_with_stale_after(capsys, handler_service, make_connection):
+    make_connection("idle-10m", user_id="u1", idle=timedelta(minutes=10))
+    make_connection("idle-1m", user_id="u1", idle=timedelta(minutes=1))
+    before = raw_items()
+
+    code, out, _ = run(capsys, "cleanup", "--dry-run", "--stale-after", "300")
+
+    assert code == 0
+    body = json.loads(out)
+    assert (body["cleanedCount"], body["dryRun"], body["staleAfterSeconds"]) == (1, True, 300)
+    assert raw_items() == before
+
+
+def test_cleanup__sweeps(capsys, handler_service, make_connection):
+    make_connection("idle-2h", user_id="u1", idle=timedelta(hours=2))
+    make_connection("idle-1m", user_id="u1", idle=timedelta(minutes=1))
+
+    code, out, _ = run(capsys, "cleanup")
+
+    assert code == 0
+    assert json.loads(out)["cleanedCount"] == 1
+    assert raw_item("idle-2h")["status"] == "DISCONNECTED"
+    assert raw_item("idle-1m")["status"] == "CONNECTED"
+
+
+def test_cleanup__invalid_stale_after_is_an_error(capsys, handler_service):
+    code, out, err = run(capsys, "cleanup", "--stale-after", "0")
+    assert code == 1
+    assert "staleAfterSeconds" in err
+    assert out == ""
+
+
+def test_seed__writes_live_stale_and_history_rows(capsys, handler_service, service):
+    code, out, _ = run(capsys, "seed", "20", "--stale", "5", "--history", "7", "--quiet")
+
+    assert code == 0
+    assert "seeded 32 rows" in out
+    items = raw_items()
+    assert len(items) == 32
+    assert sum(item["status"] == "CONNECTED" for item in items) == 25
+    assert all(("activeShard" in item) == (item["status"] == "CONNECTED") for item in items)
+    assert service.stats().stale == 5
+    assert service.cleanup_stale_connections(dry_run=True).cleaned == 5
+
+
+@pytest.mark.parametrize("argv", [["seed", "-1"], ["seed", "3", "--stale", "-2"]])
+def test_seed__negative_counts_are_refused(capsys, handler_service, argv):
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert "negative" in err
+    assert raw_items() == []
+
+
+def test_unknown_command__usage_error(capsys):
+    with pytest.raises(SystemExit) as raised:
+        cli.main(["explode"])
+    assert raised.value.code == 2
