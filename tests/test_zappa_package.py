@@ -405,3 +405,27 @@ def test_settings__least_privilege_role(zappa_cli: Any) -> None:
 
     trust = json.loads(zappa_cli.zappa.assume_policy)
     assert trust["Statement"][0]["Principal"]["Service"] == ["lambda.amazonaws.com", "apigateway.amazonaws.com"]
+
+
+# --- the bridge outside a package ---------------------------------------------------------
+
+
+def test_bridge__outside_a_zappa_package_is_a_400() -> None:
+    from connection_manager import zappa_bridge
+    from connection_manager.errors import ValidationError
+
+    assert not zappa_bridge.in_zappa_package()
+    with pytest.raises(zappa_bridge.UnrecognizedEventError) as raised:
+        zappa_bridge.delegate(load_event("apigateway_rest_request"), None)
+    assert isinstance(raised.value, ValidationError)
+    assert raised.value.status == 400 and raised.value.to_body()["error"] == "ValidationError"
+
+
+def test_bridge__import_loads_neither_zappa_nor_flask() -> None:
+    probe = (
+        "import sys, connection_manager.zappa_bridge; "
+        "print(sorted(m for m in ('zappa', 'handler', 'flask', 'werkzeug') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
