@@ -11,7 +11,14 @@ from typing import Any
 
 from connection_manager.config import Settings
 from connection_manager.errors import ConnectionManagerError, InternalError, ValidationError
-from connection_manager.observability import record_error, set_request_id, setup_logging
+from connection_manager.observability import (
+    audit,
+    metrics_enabled,
+    record_active_connections,
+    record_error,
+    set_request_id,
+    setup_logging,
+)
 from connection_manager.operations import Invocation, run_action
 from connection_manager.service import ConnectionService
 from models.connection import DisconnectReason
@@ -60,10 +67,25 @@ def _dispatch(event: Any, context: Any) -> tuple[int, dict[str, Any]]:
         raise ValidationError("The event must be a JSON object with an `action`")
     if event.get("detail-type") == "Scheduled Event":
         invocation = Invocation(principal="schedule", time_left_ms=time_left)
-        return run_action(get_service(), "cleanup_stale_connections", {}, invocation=invocation)
+        result = run_action(get_service(), "cleanup_stale_connections", {}, invocation=invocation)
+        _record_active_connections(time_left)
+        return result
     payload = {key: value for key, value in event.items() if key != "action"}
     invocation = Invocation(principal=_invoker(context), time_left_ms=time_left)
     return run_action(get_service(), event.get("action"), payload, invocation=invocation)
+
+
+def _record_active_connections(time_left: Any) -> None:
+    """The hourly ActiveConnections gauge; counting costs reads, so only where it is emitted,
+    and never in the time the sweep kept in reserve."""
+    if not metrics_enabled():
+        return
+    if time_left is not None and time_left() < get_service().settings.sweep_time_margin_ms:
+        return
+    try:
+        record_active_connections(get_service().count_active())
+    except ConnectionManagerError as exc:  # the sweep succeeded; a missing gauge point must not fail it
+        log.warning("could not count live connections for the ActiveConnections metric: %s", exc.message)
 
 
 def _invoker(context: Any) -> str:
@@ -98,7 +120,7 @@ def _websocket(event: dict[str, Any]) -> dict[str, Any]:
             run_action(service, "register_connection", payload, invocation=Invocation(principal="apigateway:$connect"))
         elif route == "$disconnect":
             if isinstance(connection_id, str) and connection_id:
-                service.disconnect(connection_id, DisconnectReason.CLIENT)
+                _disconnect_client(service, connection_id)
         else:
             run_action(service, "heartbeat", {"connectionId": connection_id})
     except ConnectionManagerError as exc:
@@ -108,6 +130,17 @@ def _websocket(event: dict[str, Any]) -> dict[str, Any]:
             return {"statusCode": exc.status, "body": exc.to_body()}
         log.info("websocket %s for %s ignored: %s", route, connection_id, exc.message)
     return {"statusCode": 200}
+
+
+def _disconnect_client(service: ConnectionService, connection_id: str) -> None:
+    """Mark the connection DISCONNECTED (reason client), with the audit line run_action would write."""
+    principal, target = "apigateway:$disconnect", f"connectionId={connection_id}"
+    try:
+        changed = service.disconnect(connection_id, DisconnectReason.CLIENT)
+    except ConnectionManagerError as exc:
+        audit(principal, "disconnect", target, f"error:{exc.code}")
+        raise
+    audit(principal, "disconnect", target, "ok:200" if changed else "unchanged")
 
 
 def _websocket_user(event: dict[str, Any]) -> Any:
