@@ -152,12 +152,12 @@ def _websocket_user(event: dict[str, Any]) -> Any:
 
 
 def _websocket_metadata(request: dict[str, Any]) -> dict[str, Any]:
-    identity = request.get("identity") or {}
-    metadata = {
-        "sourceIp": identity.get("sourceIp"),
-        "userAgent": (identity.get("userAgent") or "")[:512] or None,
-    }
-    return {key: value for key, value in metadata.items() if value}
+    """Source IP and user agent, when they are the strings API Gateway sends (anything else is dropped)."""
+    identity = request.get("identity")
+    if not isinstance(identity, dict):
+        return {}
+    metadata = {"sourceIp": identity.get("sourceIp"), "userAgent": identity.get("userAgent")}
+    return {key: value[:512] for key, value in metadata.items() if isinstance(value, str) and value}
 
 
 # Everything else -----------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from decimal import Decimal
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
@@ -46,12 +47,26 @@ def _check_key(name: str, value: str) -> None:
         raise ValueError(f"`{name}` must not be blank")
 
 
+def _storable_number(value: int | float) -> bool:
+    """DynamoDB refuses (ValidationException) numbers outside its range or precision."""
+    number = Decimal(repr(value))
+    if number.is_zero():
+        return True
+    significant = "".join(map(str, number.as_tuple().digits)).strip("0")
+    return len(significant) <= 38 and -130 <= number.adjusted() <= 125
+
+
 def _check_metadata(metadata: dict[str, Any]) -> None:
     def depth(value: Any, level: int) -> None:
         if level > MAX_METADATA_DEPTH:
             raise ValueError(f"`metadata` is nested deeper than {MAX_METADATA_DEPTH} levels")
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError("`metadata` numbers must be finite")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not _storable_number(value):
+            raise ValueError(
+                "`metadata` numbers must have at most 38 significant digits and a magnitude "
+                "between 1e-130 and 1e126, as DynamoDB stores them"
+            )
         if isinstance(value, dict):
             for item in value.values():
                 depth(item, level + 1)
