@@ -6,6 +6,7 @@ scheduled invocation never pays for Flask.
 """
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -29,6 +30,8 @@ _service: ConnectionService | None = None
 
 #: Top-level keys of events that belong to Zappa's handler (HTTP requests, management commands).
 _ZAPPA_KEYS = ("httpMethod", "command", "raw_command", "manage", "Records", "awslogs")
+#: Keys of an action event that are addressing, not parameters.
+_ENVELOPE_KEYS = frozenset({"action", "command"})
 
 
 def get_service() -> ConnectionService:
@@ -70,9 +73,14 @@ def _dispatch(event: Any, context: Any) -> tuple[int, dict[str, Any]]:
         result = run_action(get_service(), "cleanup_stale_connections", {}, invocation=invocation)
         _record_active_connections(time_left)
         return result
-    payload = {key: value for key, value in event.items() if key != "action"}
+    # `zappa invoke <stage> <function> --payload '{...}'` adds its own "command" key.
+    payload = {key: value for key, value in event.items() if key not in _ENVELOPE_KEYS}
     invocation = Invocation(principal=_invoker(context), time_left_ms=time_left)
-    return run_action(get_service(), event.get("action"), payload, invocation=invocation)
+    status, body = run_action(get_service(), event.get("action"), payload, invocation=invocation)
+    if "command" in event:
+        # `zappa invoke` shows the function's log tail, not its return value.
+        log.info("response %s %s", status, json.dumps(body, default=str))
+    return status, body
 
 
 def _record_active_connections(time_left: Any) -> None:
