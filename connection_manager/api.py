@@ -1,0 +1,271 @@
+"""The JSON admin API: one declarative route table, registered on a blueprint and documented from it.
+
+Each :class:`Route` names the action of the dispatch table it runs (or a service read),
+where its parameters come from (path, query string, JSON body) and which msgspec Structs
+describe them. The blueprint is built by iterating over :data:`API_ROUTES`, and the
+OpenAPI document (:mod:`connection_manager.openapi`) is generated from the same list, so a
+route cannot exist undocumented or be documented without existing.
+
+Views validate with the same schemas as the raw Lambda handler and call the service only
+through :func:`~connection_manager.operations.run_action`, so both front doors answer a
+request with the same body and status.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import msgspec
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from connection_manager import schemas as s
+from connection_manager.auth import authorize_change, caller
+from connection_manager.errors import ConnectionManagerError, UnsupportedMediaTypeError, ValidationError
+from connection_manager.observability import audit
+from connection_manager.operations import OPERATIONS, Invocation, run_action
+from connection_manager.service import ConnectionService
+
+log = logging.getLogger(__name__)
+
+#: The key of the app's ``extensions`` dict that holds the :class:`ServiceHolder`.
+EXTENSION = "connection_manager"
+
+
+class ServiceHolder:
+    """Builds the service on first use, so creating the app never touches DynamoDB or the environment."""
+
+    def __init__(self, service: ConnectionService | None, factory: Callable[[], ConnectionService]) -> None:
+        self._service = service
+        self._factory = factory
+
+    @property
+    def service(self) -> ConnectionService:
+        if self._service is None:
+            self._service = self._factory()
+        return self._service
+
+
+def current_service() -> ConnectionService:
+    return current_app.extensions[EXTENSION].service
+
+
+@dataclass(frozen=True)
+class Route:
+    """One documented HTTP endpoint."""
+
+    method: str
+    rule: str  # Flask syntax: /connections/<connectionId>
+    endpoint: str
+    summary: str
+    tag: str
+    action: str | None = None  # an OPERATIONS name; None for the service reads below
+    read: Callable[[ConnectionService], dict[str, Any]] | None = None
+    query: type[s.Params] | None = None
+    body: type[s.Params] | None = None
+    body_required: bool = False
+    response: type[msgspec.Struct] | None = None
+    status: int = 200
+    errors: tuple[int, ...] = ()
+    description: str = ""
+
+    @property
+    def mutates(self) -> bool:
+        return self.method in ("PATCH", "POST", "PUT", "DELETE")
+
+    @property
+    def path_params(self) -> list[str]:
+        return re.findall(r"<(?:[a-z]+:)?([A-Za-z_]+)>", self.rule)
+
+    @property
+    def openapi_path(self) -> str:
+        return re.sub(r"<(?:[a-z]+:)?([A-Za-z_]+)>", r"{\1}", self.rule)
+
+    @property
+    def operation_id(self) -> str:
+        return self.action or self.endpoint
+
+
+API_ROUTES: tuple[Route, ...] = (
+    Route(
+        "GET", "/health", "health", "Is the table reachable?", "monitoring",
+        read=lambda svc: svc.health(), response=s.Health, errors=(503,),
+        description="200 when DescribeTable succeeds; 503 with an error body otherwise.",
+    ),
+    Route(
+        "GET", "/stats", "stats", "Counts for the dashboard: active connections, distinct users, stale now.",
+        "monitoring", read=lambda svc: svc.stats().to_body(), response=s.Stats, errors=(503,),
+    ),
+    Route(
+        "GET", "/connections", "get_all_connections", OPERATIONS["get_all_connections"].summary, "connections",
+        action="get_all_connections", query=s.Page, response=s.ConnectionList, errors=(400, 503),
+        description="Pass the `nextToken` of a page to get the next one; the last page has none.",
+    ),
+    Route(
+        "POST", "/connections/cleanup", "cleanup_stale_connections",
+        OPERATIONS["cleanup_stale_connections"].summary, "maintenance",
+        action="cleanup_stale_connections", body=s.CleanupStaleConnections, response=s.CleanupResult,
+        errors=(400, 401, 403, 415, 503),
+        description="An empty body means the defaults (`dryRun` false, `staleAfterSeconds` from the settings). "
+        "`complete` is false when the run stopped early to stay within its time budget.",
+    ),
+    Route(
+        "GET", "/connections/<connectionId>", "get_connection", OPERATIONS["get_connection"].summary,
+        "connections", action="get_connection", response=s.ConnectionEnvelope, errors=(400, 404, 503),
+    ),
+    Route(
+        "PATCH", "/connections/<connectionId>", "update_connection_status",
+        OPERATIONS["update_connection_status"].summary, "connections",
+        action="update_connection_status", body=s.StatusChange, body_required=True,
+        response=s.ConnectionEnvelope, errors=(400, 401, 403, 404, 415, 503),
+        description="DISCONNECTED records reason `admin`. Setting the status a connection already has changes nothing.",
+    ),
+    Route(
+        "GET", "/users/<userId>/connections", "get_user_connections",
+        OPERATIONS["get_user_connections"].summary, "users",
+        action="get_user_connections", query=s.Page, response=s.ConnectionList, errors=(400, 503),
+    ),
+    Route(
+        "POST", "/users/<userId>/disconnect", "disconnect_user", OPERATIONS["disconnect_user"].summary, "users",
+        action="disconnect_user", body=s.NoParams, response=s.DisconnectResult,
+        errors=(400, 401, 403, 415, 503),
+        description="Takes no body (an empty JSON object is accepted too).",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class PageRoute:
+    """A documented non-API endpoint (the dashboard, the docs, this document); views live in ``app``."""
+
+    rule: str
+    endpoint: str
+    summary: str
+    media_type: str
+
+
+PAGE_ROUTES: tuple[PageRoute, ...] = (
+    PageRoute("/", "dashboard", "The admin dashboard: an HTML page that calls this API.", "text/html"),
+    PageRoute("/openapi.json", "openapi", "This OpenAPI document.", "application/json"),
+    PageRoute("/docs", "docs", "This document, rendered for people.", "text/html"),
+)
+
+
+def _target(path: dict[str, str]) -> str:
+    for name in ("connectionId", "userId"):
+        if path.get(name):
+            return f"{name}={path[name]}"
+    return "*"
+
+
+def _query() -> dict[str, str]:
+    """The query string as a flat dict; a parameter given twice is ambiguous, so it is an error."""
+    values: dict[str, str] = {}
+    for name, items in request.args.lists():
+        if len(items) > 1:
+            raise ValidationError(f"Query parameter `{name}` is given {len(items)} times; give it once")
+        values[name] = items[0]
+    return values
+
+
+def _json_body() -> Any:
+    """The decoded JSON body; an empty body is ``{}`` (all defaults)."""
+    data = request.get_data(cache=True)
+    if not data.strip():
+        return {}
+    if not request.is_json:
+        raise UnsupportedMediaTypeError(
+            f"Send the request body as application/json (got {request.mimetype or 'no content type'})"
+        )
+    try:
+        return msgspec.json.decode(data)
+    except msgspec.DecodeError as exc:
+        raise ValidationError(f"The request body is not valid JSON: {exc}") from None
+
+
+def _payload(route: Route, path: dict[str, str]) -> tuple[dict[str, Any], bool]:
+    """Collect and validate the action's parameters; returns ``(payload, strict)``."""
+    query = _query()
+    if route.query is None and query:
+        raise ValidationError("Unknown query parameter(s): " + ", ".join(f"`{name}`" for name in query))
+    payload: dict[str, Any] = dict(path)
+    strict = True
+    if route.query is not None:
+        # Query values are text; the lax mode turns "10" into 10 and still rejects "abc".
+        s.parse(route.query, query, strict=False)
+        payload.update(query)
+        strict = False
+    if route.body is not None:
+        body = _json_body()
+        # The body's own schema first: it rejects a body that tries to set a path parameter.
+        s.parse(route.body, body)
+        payload.update(body)
+    if route.action is not None:
+        s.parse(OPERATIONS[route.action].schema, payload, strict=strict)
+    return payload, strict
+
+
+def _make_view(route: Route) -> Callable[..., Response | tuple[Response, int]]:
+    def view(**path: str) -> Response | tuple[Response, int]:
+        if route.read is not None:
+            if request.args:
+                raise ValidationError("Unknown query parameter(s): " + ", ".join(f"`{n}`" for n in request.args))
+            return jsonify(route.read(current_service()))
+        assert route.action is not None
+        if not route.mutates:
+            payload, strict = _payload(route, path)
+            status, body = run_action(current_service(), route.action, payload, strict=strict)
+            return jsonify(body), status
+        return _change(route, path)
+
+    view.__name__ = route.endpoint
+    view.__doc__ = route.summary
+    return view
+
+
+def _change(route: Route, path: dict[str, str]) -> tuple[Response, int]:
+    """Authorize, validate and run a state change; exactly one audit line whatever happens."""
+    assert route.action is not None
+    target = _target(path)
+    service = current_service()
+    try:
+        principal = authorize_change(
+            request.environ,
+            request.headers.get("Authorization"),
+            service.settings.admin_token,
+            origin=request.headers.get("Origin"),
+            host=request.headers.get("Host"),
+        )
+    except ConnectionManagerError as exc:
+        audit(caller(request.environ), route.action, target, f"denied:{exc.code}")
+        raise
+    try:
+        payload, strict = _payload(route, path)
+    except ConnectionManagerError as exc:
+        audit(principal, route.action, target, f"error:{exc.code}")
+        raise
+    invocation = Invocation(principal=principal, time_left_ms=_time_left())
+    try:
+        # run_action writes the audit line for its own outcome (success or a project error).
+        status, body = run_action(service, route.action, payload, strict=strict, invocation=invocation)
+    except ConnectionManagerError:
+        raise
+    except Exception:
+        audit(principal, route.action, target, "error:InternalError")
+        raise
+    return jsonify(body), status
+
+
+def _time_left() -> Callable[[], int] | None:
+    """In Lambda, the sweep stops before the function's deadline; locally there is none."""
+    context = request.environ.get("lambda.context")
+    return getattr(context, "get_remaining_time_in_millis", None)
+
+
+def create_blueprint() -> Blueprint:
+    """A blueprint with every route of :data:`API_ROUTES`."""
+    blueprint = Blueprint("api", __name__)
+    for route in API_ROUTES:
+        blueprint.add_url_rule(route.rule, route.endpoint, _make_view(route), methods=[route.method])
+    return blueprint

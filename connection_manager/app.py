@@ -1,0 +1,158 @@
+"""The Flask admin app: an application factory that wires blueprints, pages and JSON errors.
+
+Logic lives in the service; this module only connects HTTP to it. ``app`` at module level
+is what Zappa's ``app_function`` points at. Creating it touches neither DynamoDB nor the
+environment: the service is built on the first request that needs it (and is the same
+process-wide service the raw Lambda handler uses).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+
+from connection_manager.api import EXTENSION, PAGE_ROUTES, ServiceHolder, create_blueprint
+from connection_manager.auth import gateway_event
+from connection_manager.errors import ConnectionManagerError, InternalError
+from connection_manager.observability import record_error
+from connection_manager.openapi import build_document, document_for
+from connection_manager.service import ConnectionService
+
+log = logging.getLogger(__name__)
+
+#: Larger bodies are never legitimate here (the biggest is a status change); refuse them early.
+MAX_BODY_BYTES = 64 * 1024
+
+#: Error codes for the HTTP-level failures werkzeug raises before a view runs.
+_HTTP_CODES = {
+    400: "ValidationError",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    413: "PayloadTooLarge",
+    415: "UnsupportedMediaType",
+}
+
+
+def _default_service() -> ConnectionService:
+    from connection_manager.handler import get_service
+
+    return get_service()
+
+
+def create_app(
+    service: ConnectionService | None = None,
+    *,
+    service_factory: Callable[[], ConnectionService] | None = None,
+    config: dict[str, Any] | None = None,
+) -> Flask:
+    """Build the admin app.
+
+    ``service`` is used as is (tests pass one with a fixed clock); otherwise
+    ``service_factory`` (default: the raw handler's process-wide service) runs on first use.
+    """
+    app = Flask(__name__)
+    app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES)
+    if config:
+        app.config.update(config)
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the contract's field order
+    app.extensions[EXTENSION] = ServiceHolder(service, service_factory or _default_service)
+    app.extensions["openapi"] = build_document()
+    app.register_blueprint(create_blueprint())
+    app.register_blueprint(_pages_blueprint())
+    _register_error_handlers(app)
+    app.after_request(_headers)
+    return app
+
+
+# Pages -----------------------------------------------------------------------------------
+
+
+def _api_base() -> str:
+    """The prefix the app is mounted under (``/dev`` behind an API Gateway stage, else empty)."""
+    return request.script_root.rstrip("/")
+
+
+def dashboard() -> str:
+    """The admin dashboard; its script calls the JSON API under ``api_base``."""
+    return render_template("dashboard.html", api_base=_api_base())
+
+
+def openapi() -> Response:
+    """The OpenAPI 3.1 document of this API."""
+    return jsonify(document_for(_api_base() or "/", current_app.extensions["openapi"]))
+
+
+def docs() -> str:
+    """The OpenAPI document rendered for people, by a small script in the page itself."""
+    return render_template("docs.html", spec_url=_api_base() + "/openapi.json", api_base=_api_base())
+
+
+_PAGE_VIEWS: dict[str, Callable[[], Any]] = {"dashboard": dashboard, "openapi": openapi, "docs": docs}
+
+
+def _pages_blueprint() -> Blueprint:
+    blueprint = Blueprint("pages", __name__)
+    for page in PAGE_ROUTES:
+        blueprint.add_url_rule(page.rule, page.endpoint, _PAGE_VIEWS[page.endpoint], methods=["GET"])
+    return blueprint
+
+
+# Errors: always JSON, never a stack trace --------------------------------------------------
+
+
+def _error(status: int, code: str, message: str) -> tuple[Response, int]:
+    return jsonify({"error": code, "message": message}), status
+
+
+def _register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ConnectionManagerError)
+    def project_error(exc: ConnectionManagerError) -> tuple[Response, int]:
+        if exc.status >= 500:
+            record_error(exc.code)
+            log.warning("%s %s failed: %s", request.method, request.path, exc.message)
+        response = jsonify(exc.to_body())
+        if exc.status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="connection-manager"'
+        return response, exc.status
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Any:
+        if exc.code is None or exc.code < 400:
+            return exc  # a redirect werkzeug's router decided on
+        if isinstance(exc, NotFound):
+            message = f"No such path: {request.path}"
+        elif isinstance(exc, MethodNotAllowed):
+            allowed = sorted(set(exc.valid_methods or ()) - {"HEAD", "OPTIONS"})
+            message = f"{request.method} is not allowed on {request.path}; allowed: {', '.join(allowed)}"
+        else:
+            message = exc.description or exc.name
+        code = _HTTP_CODES.get(exc.code, exc.name.replace(" ", ""))
+        response, status = _error(exc.code, code, message)
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+            response.headers["Allow"] = ", ".join(exc.valid_methods)
+        return response, status
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> tuple[Response, int]:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        record_error(InternalError.code)
+        where = "the function's logs" if gateway_event(request.environ) is not None else "the server's log"
+        return _error(500, InternalError.code, f"Internal error; see {where}")
+
+
+def _headers(response: Response) -> Response:
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    if response.mimetype == "application/json":
+        # Connection lists change by the second; never serve one from a cache.
+        response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+#: The instance Zappa's ``app_function`` names. Cheap to create: no I/O, no settings read.
+app = create_app()

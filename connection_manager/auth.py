@@ -1,0 +1,140 @@
+"""Who is calling the admin API, and may they change state.
+
+Two deployments, two authorities:
+
+* **Behind API Gateway (Lambda).** The API is IAM-authorized, so API Gateway has already
+  checked the caller's SigV4 signature before the request reaches the function. Zappa
+  hands the original API Gateway event to the app in the WSGI environ (``lambda.event``;
+  older Zappa releases and serverless-wsgi use ``serverless.event``), and the caller is
+  ``requestContext.identity.userArn`` (REST APIs) or ``requestContext.authorizer.iam``
+  (HTTP APIs). The principal is ``iam:<arn>``. The bearer token is not consulted for
+  these requests: with SigV4 the ``Authorization`` header carries the signature. An
+  event *without* a caller identity means the API is not IAM-authorized; state changes
+  are then refused (fail closed) unless an admin token is configured and presented.
+* **Anywhere else (a laptop, a container).** The server binds to loopback by default.
+  When ``ADMIN_TOKEN`` is set, PATCH and POST requests need ``Authorization: Bearer
+  <token>`` (compared in constant time): a missing token is 401, a wrong one 403. Reads
+  stay open, as they reveal nothing the operator of the machine cannot already see.
+
+This module knows WSGI environs and headers, not Flask, so it is testable on its own.
+"""
+from __future__ import annotations
+
+import hmac
+from typing import Any, Mapping
+from urllib.parse import urlsplit
+
+from connection_manager.errors import ForbiddenError, UnauthorizedError
+
+#: Where Zappa (``lambda.event``) and serverless-wsgi (``serverless.event``) put the API Gateway event.
+EVENT_KEYS = ("lambda.event", "serverless.event")
+
+LOCAL_OPERATOR = "local:operator"
+LOCAL_TOKEN_HOLDER = "local:token-holder"
+ANONYMOUS = "anonymous"
+
+
+def gateway_event(environ: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The API Gateway event this request came from, or None when not running behind it."""
+    for key in EVENT_KEYS:
+        event = environ.get(key)
+        if isinstance(event, dict):
+            return event
+    return None
+
+
+def iam_identity(event: Mapping[str, Any]) -> str | None:
+    """The IAM caller of an API Gateway request (REST v1 or HTTP API v2), if there is one."""
+    context = event.get("requestContext")
+    if not isinstance(context, dict):
+        return None
+    identity = context.get("identity")
+    if isinstance(identity, dict):
+        for key in ("userArn", "caller"):
+            value = identity.get(key)
+            if isinstance(value, str) and value:
+                return value
+    authorizer = context.get("authorizer")
+    if isinstance(authorizer, dict):
+        iam = authorizer.get("iam")
+        if isinstance(iam, dict):
+            for key in ("userArn", "callerId"):
+                value = iam.get(key)
+                if isinstance(value, str) and value:
+                    return value
+    return None
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header; None when absent or another scheme."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def token_matches(presented: str, expected: str) -> bool:
+    """Constant-time comparison, so response timing does not reveal how much of a guess was right."""
+    return hmac.compare_digest(presented.encode("utf-8"), expected.encode("utf-8"))
+
+
+def caller(environ: Mapping[str, Any]) -> str:
+    """A best-effort name for the caller, for audit lines of requests that were refused."""
+    event = gateway_event(environ)
+    if event is not None:
+        arn = iam_identity(event)
+        return f"iam:{arn}" if arn else "iam:unknown"
+    return f"local:{ANONYMOUS}"
+
+
+def authorize_change(
+    environ: Mapping[str, Any],
+    authorization: str | None,
+    admin_token: str | None,
+    origin: str | None = None,
+    host: str | None = None,
+) -> str:
+    """Return the principal allowed to make a state change, or raise 401/403.
+
+    ``environ`` is the request's WSGI environ, ``authorization`` its Authorization header,
+    ``admin_token`` the configured token (None when not set), ``origin`` and ``host`` the
+    request's Origin and Host headers.
+    """
+    event = gateway_event(environ)
+    if event is not None:
+        arn = iam_identity(event)
+        if arn:
+            return f"iam:{arn}"
+        if not admin_token:
+            raise ForbiddenError(
+                "The request carries no IAM caller identity; state changes need the API to be IAM-authorized"
+            )
+        return _check_token(authorization, admin_token, "iam:unknown+token-holder")
+    refuse_cross_site(origin, host)
+    if not admin_token:
+        return LOCAL_OPERATOR
+    return _check_token(authorization, admin_token, LOCAL_TOKEN_HOLDER)
+
+
+def refuse_cross_site(origin: str | None, host: str | None) -> None:
+    """Refuse a change a browser sends on behalf of another site.
+
+    Without a token, a page on any site could otherwise make the operator's browser POST
+    to the loopback server (an empty-bodied POST needs no CORS preflight). Browsers send
+    ``Origin`` with every POST and PATCH; tools such as curl send none and are not affected.
+    """
+    if origin is None:
+        return
+    if not host or urlsplit(origin).netloc.lower() != host.lower():
+        raise ForbiddenError("Cross-site request refused: the Origin does not match this server")
+
+
+def _check_token(authorization: str | None, admin_token: str, principal: str) -> str:
+    presented = bearer_token(authorization)
+    if presented is None:
+        raise UnauthorizedError("This change needs `Authorization: Bearer <admin token>`")
+    if not token_matches(presented, admin_token):
+        raise ForbiddenError("The admin token is not valid")
+    return principal

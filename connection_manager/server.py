@@ -1,0 +1,190 @@
+"""``connection-manager serve``: the admin app on werkzeug's threaded server, optionally on an embedded DynamoDB.
+
+``--embedded`` is the zero-setup demo: moto's DynamoDB runs in a thread of this process
+on a free loopback port, the standard ``AWS_ENDPOINT_URL_DYNAMODB`` points the service at
+it, and the table is created and filled with demo rows before the first request. Nothing
+leaves the machine. moto is a development dependency, so its absence is reported as an
+instruction rather than an ImportError.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+from types import FrameType
+from typing import Any, TextIO
+
+from werkzeug.serving import WSGIRequestHandler
+
+from connection_manager.config import Settings
+from connection_manager.errors import ConnectionManagerError
+
+access_log = logging.getLogger("connection_manager.access")
+
+DEMO_LIVE = 60
+DEMO_STALE = 15
+DEMO_HISTORY = 200
+
+_LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def display_url(host: str, port: int) -> str:
+    shown = "127.0.0.1" if host in ("", "0.0.0.0") else "::1" if host == "::" else host
+    if ":" in shown:
+        shown = f"[{shown}]"
+    return f"http://{shown}:{port}/"
+
+
+class AccessLogHandler(WSGIRequestHandler):
+    """Request lines under our own logger, so the embedded DynamoDB's chatter can be silenced alone."""
+
+    def log(self, type: str, message: str, *args: Any) -> None:
+        line = _ANSI.sub("", message % args)  # werkzeug colours status lines for terminals
+        getattr(access_log, type if type in ("info", "warning", "error") else "info")(
+            "%s %s", self.address_string(), line
+        )
+
+
+class EmbeddedDynamo:
+    """moto's DynamoDB in a background thread, on a free loopback port."""
+
+    def __init__(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self.url = ""
+
+    def start(self) -> str:
+        self._server.start()
+        host, port = self._server.get_host_and_port()
+        self.url = f"http://{host}:{port}"
+        return self.url
+
+    def stop(self) -> None:
+        self._server.stop()
+
+
+def point_at(url: str, environ: Any = None) -> None:
+    """Aim botocore at ``url`` with dummy credentials; must run before the service is built."""
+    env = os.environ if environ is None else environ
+    env["AWS_ENDPOINT_URL_DYNAMODB"] = url
+    # Dummy values on purpose: they keep a developer's real credentials out of the demo.
+    env["AWS_ACCESS_KEY_ID"] = "embedded"
+    env["AWS_SECRET_ACCESS_KEY"] = "embedded"
+    env.pop("AWS_SESSION_TOKEN", None)
+    env.pop("AWS_PROFILE", None)
+    env["AWS_REGION"] = env["AWS_DEFAULT_REGION"] = "us-east-1"
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
+
+
+def prepare_demo(out: TextIO) -> None:
+    """Create the table (with TTL) and seed demo rows through the process-wide service."""
+    from connection_manager.handler import get_service
+    from connection_manager.seed import SeedPlan, seed
+
+    service = get_service()
+    service.create_table()
+    service.enable_ttl()
+    plan = SeedPlan(
+        live=DEMO_LIVE,
+        stale=DEMO_STALE,
+        history=DEMO_HISTORY,
+        stale_after_seconds=service.settings.stale_after_seconds,
+    )
+    written = seed(plan, service.clock())
+    print(
+        f"embedded DynamoDB: table '{service.settings.table_name}' with {written} demo rows "
+        f"({plan.live} live, {plan.stale} stale, {plan.history} disconnected)",
+        file=out,
+        flush=True,
+    )
+
+
+def serve(host: str = "127.0.0.1", port: int = 8080, embedded: bool = False) -> int:
+    """Run the admin app until Ctrl-C (or SIGTERM); returns the process exit code."""
+    from connection_manager.observability import setup_logging
+
+    setup_logging()
+    dynamo: EmbeddedDynamo | None = None
+    if embedded:
+        # moto logs every DynamoDB call through werkzeug's logger; the app's lines stay.
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
+        try:
+            dynamo = EmbeddedDynamo()
+        except ImportError:
+            print(
+                "error: --embedded needs moto, a development dependency; install it with: pip install -e '.[dev]'",
+                file=sys.stderr,
+            )
+            return 2
+    try:
+        if dynamo is not None:
+            point_at(dynamo.start())
+        try:
+            settings = Settings.from_env()
+        except ConnectionManagerError as exc:
+            print(f"error: {exc.message}", file=sys.stderr)
+            return 1
+        if dynamo is not None:
+            prepare_demo(sys.stdout)
+        return _run(host, port, settings)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if dynamo is not None:
+            dynamo.stop()
+
+
+def _run(host: str, port: int, settings: Settings) -> int:
+    from werkzeug.serving import make_server
+
+    from connection_manager.app import create_app
+
+    config: dict[str, Any] = {}
+    if is_loopback(host):
+        # Only names that mean this machine: a page on another site that rebinds its DNS
+        # name to 127.0.0.1 then gets a 400 instead of a same-origin view of the API.
+        config["TRUSTED_HOSTS"] = list(_LOOPBACK_NAMES)
+    elif not settings.admin_token:
+        print(
+            f"warning: listening on {host} without ADMIN_TOKEN: anyone who can reach this port can change state",
+            file=sys.stderr,
+            flush=True,
+        )
+    app = create_app(config=config)
+    try:
+        server = make_server(host, port, app, threaded=True, request_handler=AccessLogHandler)
+    except OSError as exc:
+        print(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(f"Connection Manager admin: {display_url(host, server.server_port)}", flush=True)
+    if settings.admin_token:
+        print("changes (PATCH/POST) need: Authorization: Bearer $ADMIN_TOKEN", flush=True)
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
+    try:
+        server.serve_forever()  # returns on Ctrl-C (werkzeug catches the KeyboardInterrupt)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    print("stopped", file=sys.stderr, flush=True)
+    return 0
