@@ -6,12 +6,14 @@ in DynamoDB rather than in a read-modify-write window here.
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Callable, Iterable, Iterator
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
+import msgspec
 from pynamodb.exceptions import DoesNotExist, PynamoDBException
 
 from connection_manager.bulk import APPLIED, SKIPPED, BoundedWriter, BulkOutcome
@@ -20,7 +22,6 @@ from connection_manager.config import Settings
 from connection_manager.dynamo import dynamo_errors, error_code, is_condition_failure
 from connection_manager.errors import ConflictError, NotFoundError, UnavailableError
 from connection_manager.records import to_record
-from connection_manager.tokens import Cursor, TokenCodec
 from models.connection import (
     ACTIVE_SHARDS,
     ConnectionModel,
@@ -30,6 +31,10 @@ from models.connection import (
     format_timestamp,
     shard_for,
 )
+
+if TYPE_CHECKING:
+    # Imported where a page is continued or handed out: most invocations never paginate.
+    from connection_manager.tokens import Cursor, TokenCodec
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +47,25 @@ _USER_KEYS = frozenset({"connectionId", "userId", "status"})
 #: Milliseconds of Lambda time left; None when the caller has no deadline.
 TimeLeft = Callable[[], int] | None
 
+#: A page of a listing stops growing once its records take this many bytes of JSON (as
+#: ``json.dumps`` writes them, escapes included). Lambda refuses responses over 6 MB; with
+#: the contract's largest record (two 2048-byte keys of control characters, each escaped
+#: to six bytes, plus 2 KB of metadata: under 27 KB) a page of 1000 could reach 27 MB, so
+#: the count alone cannot bound it. The page ends early with a ``nextToken`` instead.
+RESPONSE_BUDGET_BYTES = 1_000_000
 
-@dataclass(frozen=True)
-class Page:
+#: Rows per Query page of the stale sweep: one page is all it holds in memory, whatever
+#: the number of stale rows (DynamoDB's own 1 MB pages would hold tens of thousands).
+SWEEP_PAGE_SIZE = 200
+
+
+class Page(msgspec.Struct, frozen=True):
+    """One page of a listing.
+
+    The result types are msgspec Structs rather than dataclasses: a dataclass costs about
+    a millisecond to create at import, which every Lambda cold start would pay.
+    """
+
     connections: list[dict[str, Any]]
     next_token: str | None
 
@@ -55,8 +76,7 @@ class Page:
         return body
 
 
-@dataclass(frozen=True)
-class SweepResult:
+class SweepResult(msgspec.Struct, frozen=True):
     cleaned: int
     scanned: int
     skipped: int
@@ -83,8 +103,7 @@ class SweepResult:
         }
 
 
-@dataclass(frozen=True)
-class Stats:
+class Stats(msgspec.Struct, frozen=True):
     active: int
     users: int
     stale: int
@@ -125,8 +144,13 @@ class ConnectionService:
     def __init__(self, settings: Settings, clock: Clock = utc_now) -> None:
         self.settings = settings
         self.clock = clock
-        self._tokens = TokenCodec(settings.token_secret or f"connection-manager/{settings.table_name}")
         configure(settings)
+
+    @cached_property
+    def _tokens(self) -> TokenCodec:
+        from connection_manager.tokens import TokenCodec
+
+        return TokenCodec(self.settings.token_secret or f"connection-manager/{self.settings.table_name}")
 
     # Table ------------------------------------------------------------------------------
 
@@ -159,6 +183,8 @@ class ConnectionService:
         return to_record(self._get(connection_id))
 
     def get_user_connections(self, user_id: str, limit: int | None = None, next_token: str | None = None) -> Page:
+        from connection_manager.tokens import Cursor
+
         limit = limit or self.settings.default_page_size
         scope = f"user:{user_id}"
         start = self._tokens.decode(next_token, scope, shards=1, key_names=_USER_KEYS).key if next_token else None
@@ -170,13 +196,17 @@ class ConnectionService:
                 page_size=limit,
                 last_evaluated_key=start,
             )
-            rows = [to_record(row) for row in results]
+            rows: list[dict[str, Any]] = []
+            full = _fill(rows, results, 0)[1]
             last_key = results.last_evaluated_key
-        token = self._tokens.encode(scope, Cursor(0, last_key)) if last_key and len(rows) == limit else None
+        more = last_key and (full or len(rows) == limit)
+        token = self._tokens.encode(scope, Cursor(0, last_key)) if more else None
         return Page(rows, token)
 
     def get_all_connections(self, limit: int | None = None, next_token: str | None = None) -> Page:
         """Live connections from the sparse index, shard by shard, oldest activity first."""
+        from connection_manager.tokens import Cursor
+
         limit = limit or self.settings.default_page_size
         cursor = (
             self._tokens.decode(next_token, "all", shards=ACTIVE_SHARDS, key_names=_ACTIVE_KEYS)
@@ -184,6 +214,7 @@ class ConnectionService:
             else Cursor(0, None)
         )
         rows: list[dict[str, Any]] = []
+        used = 0
         shard, start = cursor.shard, cursor.key
         next_cursor: Cursor | None = None
         with dynamo_errors("get_all_connections"):
@@ -192,9 +223,10 @@ class ConnectionService:
                 results = ConnectionModel.active_index.query(
                     shard, limit=wanted, page_size=wanted, last_evaluated_key=start
                 )
-                rows.extend(to_record(row) for row in results)
+                used, full = _fill(rows, results, used)
+                # Mid-page (the budget was spent) this is the key of the last row taken.
                 last_key = results.last_evaluated_key
-                if len(rows) >= limit:
+                if full or len(rows) >= limit:
                     if last_key:
                         next_cursor = Cursor(shard, last_key)
                     elif shard + 1 < ACTIVE_SHARDS:
@@ -349,6 +381,7 @@ class ConnectionService:
                 self._active_rows(
                     attributes=["connectionId", "activeShard", "lastActiveAt"],
                     range_key_condition=ConnectionModel.last_active_at < cutoff,
+                    page_size=SWEEP_PAGE_SIZE,
                 )
             )
             while True:
@@ -409,11 +442,13 @@ class ConnectionService:
         except DoesNotExist:
             raise (missing or NotFoundError(f"Connection '{connection_id}' does not exist")) from None
 
-    def _active_rows(self, attributes: list[str], range_key_condition: Any = None) -> Iterable[ConnectionModel]:
+    def _active_rows(
+        self, attributes: list[str], range_key_condition: Any = None, page_size: int | None = None
+    ) -> Iterable[ConnectionModel]:
         """Stream the sparse index shard by shard; one page in memory at a time."""
         for shard in range(ACTIVE_SHARDS):
             yield from ConnectionModel.active_index.query(
-                shard, range_key_condition=range_key_condition, attributes_to_get=attributes
+                shard, range_key_condition=range_key_condition, attributes_to_get=attributes, page_size=page_size
             )
 
     def _conditional_update(self, row: ConnectionModel, actions: list[Any], condition: Any, operation: str) -> bool:
@@ -467,3 +502,18 @@ class ConnectionService:
             for connection_id in ids:
                 writer.submit(connection_id)
         return writer.outcome
+
+
+def _fill(rows: list[dict[str, Any]], results: Iterable[ConnectionModel], used: int) -> tuple[int, bool]:
+    """Append records until ``results`` ends or the page holds ``RESPONSE_BUDGET_BYTES``.
+
+    Returns the bytes used and whether the budget stopped it. Stopping right after a row
+    leaves PynamoDB's ``last_evaluated_key`` on that row, so the next page resumes there.
+    """
+    for row in results:
+        record = to_record(row)
+        rows.append(record)
+        used += len(json.dumps(record, default=str))
+        if used >= RESPONSE_BUDGET_BYTES:
+            return used, True
+    return used, False

@@ -11,8 +11,9 @@ import base64
 import hashlib
 import hmac
 import json
-from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from connection_manager.errors import ValidationError
 
@@ -20,8 +21,7 @@ _VERSION = 1
 _SIGNATURE_BYTES = 16
 
 
-@dataclass(frozen=True)
-class Cursor:
+class Cursor(msgspec.Struct, frozen=True):
     """Where a listing stopped: the shard (0 for single-partition listings) and the key."""
 
     shard: int
