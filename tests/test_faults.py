@@ -410,3 +410,48 @@ def test_mixed_workload__random_faults__succeeds_or_503_and_loses_nothing(
     assert faults["faults_total"] >= 20
     # Three retries absorb nearly every fault at this rate: 503 must stay the exception.
     assert ledger.statuses[503] <= 0.05 * sum(ledger.statuses.values())
+
+
+# Least privilege ------------------------------------------------------------------------------
+
+
+def test_iam_policy__allows_every_dynamodb_action_the_function_calls(
+    wired: ConnectionService, dynamo_proxy: DynamoProxy, moto: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every event shape the function serves, seen on the wire, against the shipped policy."""
+    import json
+    from pathlib import Path
+
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "connection-manager-production")  # the gauge's count too
+    _stale_rows(moto, 2)
+    context = FakeLambdaContext()
+    for event in [
+        {"action": "register_connection", "connectionId": "c1", "userId": "u1"},
+        {"action": "register_connection", "connectionId": "c1", "userId": "u1"},
+        {"action": "heartbeat", "connectionId": "c1"},
+        {"action": "get_connection", "connectionId": "c1"},
+        {"action": "get_user_connections", "userId": "u1"},
+        {"action": "get_all_connections", "limit": 1},
+        {"action": "update_connection_status", "connectionId": "c1", "status": "DISCONNECTED"},
+        {"action": "update_connection_status", "connectionId": "c1", "status": "CONNECTED"},
+        {"action": "disconnect_user", "userId": "u1"},
+        {"action": "cleanup_stale_connections", "dryRun": True},
+        {"detail-type": "Scheduled Event", "source": "aws.events", "detail": {}},
+        websocket_event("websocket_connect", "ws-1", user_id="u2"),
+        websocket_event("websocket_message", "ws-1"),
+        websocket_event("websocket_disconnect", "ws-1"),
+    ]:
+        assert lambda_handler(event, context)["statusCode"] in (200, 201)
+    wired.health()
+
+    called = {f"dynamodb:{operation}" for operation in dynamo_proxy.snapshot()["by_operation"]}
+    policy = json.loads((Path(__file__).resolve().parent.parent / "deploy" / "iam-policy.json").read_text())
+    allowed = {
+        action
+        for statement in policy["Statement"]
+        if statement["Effect"] == "Allow"
+        for action in ([statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"])
+    }
+    print(f"\nDynamoDB actions the function calls: {sorted(called)}")
+    assert called <= allowed, called - allowed
+    assert called == {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:Query", "dynamodb:DescribeTable"}
