@@ -15,6 +15,8 @@ Two deployments, two authorities:
   When ``ADMIN_TOKEN`` is set, PATCH and POST requests need ``Authorization: Bearer
   <token>`` (compared in constant time): a missing token is 401, a wrong one 403. Reads
   stay open, as they reveal nothing the operator of the machine cannot already see.
+  A change a browser sends with an ``Origin`` of another site is refused (403), so a
+  web page cannot use the operator's browser to POST to the loopback server.
 
 This module knows WSGI environs and headers, not Flask, so it is testable on its own.
 """

@@ -156,9 +156,10 @@ def _run(host: str, port: int, settings: Settings) -> int:
 
     config: dict[str, Any] = {}
     if is_loopback(host):
-        # Only names that mean this machine: a page on another site that rebinds its DNS
-        # name to 127.0.0.1 then gets a 400 instead of a same-origin view of the API.
-        config["TRUSTED_HOSTS"] = list(_LOOPBACK_NAMES)
+        if ":" not in host:  # werkzeug cannot match a bracketed IPv6 Host header against the list
+            # Only names that mean this machine: a page on another site that rebinds its DNS
+            # name to 127.0.0.1 then gets a 400 instead of a same-origin view of the API.
+            config["TRUSTED_HOSTS"] = list(_LOOPBACK_NAMES)
     elif not settings.admin_token:
         print(
             f"warning: listening on {host} without ADMIN_TOKEN: anyone who can reach this port can change state",

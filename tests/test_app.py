@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
@@ -703,6 +704,12 @@ def test_serve__embedded_demo_on_a_free_port_stops_cleanly_on_ctrl_c() -> None:
         with urllib.request.urlopen(url + "stats", timeout=10) as response:
             stats = json.load(response)
         assert (stats["activeConnections"], stats["staleConnections"]) == (75, 15)
+        # A name that is not this machine (DNS rebinding) is refused on a loopback bind.
+        rebound = urllib.request.Request(url + "stats", headers={"Host": "attacker.example"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(rebound, timeout=10)
+        assert refused.value.code == 400
+        assert json.load(refused.value)["error"] == "ValidationError"
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=15) == 0
     finally:
