@@ -90,6 +90,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(host=args.host, port=args.port, embedded=args.embedded)
 
 
+def cmd_reindex(args: argparse.Namespace) -> int:
+    outcome = _service().reindex()
+    _print({"reindexed": outcome.applied, "skipped": outcome.skipped, "failed": outcome.failed})
+    return 0 if not outcome.failed else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="connection-manager",
@@ -109,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     cleanup.add_argument("--dry-run", action="store_true", help="count what would be cleaned, change nothing")
     cleanup.add_argument("--stale-after", type=int, metavar="SECONDS", help="override STALE_AFTER_SECONDS")
     cleanup.set_defaults(func=cmd_cleanup)
+
+    commands.add_parser(
+        "reindex", help="one-time migration: put CONNECTED rows written by other tools into the active index"
+    ).set_defaults(func=cmd_reindex)
 
     seed = commands.add_parser("seed", help="write demo connections (with a progress bar)")
     seed.add_argument("count", type=int, help="live (CONNECTED, recently active) connections")

@@ -497,6 +497,36 @@ class ConnectionService:
             return APPLIED
         return SKIPPED
 
+    def reindex(self) -> BulkOutcome:
+        """Put CONNECTED rows written by other tools into the sparse index; a one-time migration.
+
+        Rows the platform wrote before this service (no ``activeShard``, perhaps no
+        ``lastActiveAt``) are invisible to the sweep and to ``get_all_connections``. This is
+        the one operation that Scans the table, so it is a CLI command, never routine: it
+        sets ``activeShard`` and, where missing, ``lastActiveAt = createdAt`` (a connection
+        with no activity counts as active since it was created), conditional on the row
+        still being CONNECTED.
+        """
+        missing = ConnectionModel.active_shard.does_not_exist() | ConnectionModel.last_active_at.does_not_exist()
+        with dynamo_errors("reindex"):
+            ids = (
+                row.connection_id
+                for row in ConnectionModel.scan(
+                    filter_condition=(ConnectionModel.status == CONNECTED) & missing,
+                    attributes_to_get=["connectionId"],
+                )
+            )
+            return self._write_all(ids, self._reindex_one)
+
+    def _reindex_one(self, connection_id: str) -> str:
+        row = ConnectionModel(connection_id)
+        actions = [
+            ConnectionModel.last_active_at.set(ConnectionModel.last_active_at | ConnectionModel.created_at),
+            ConnectionModel.active_shard.set(shard_for(connection_id)),
+        ]
+        condition = ConnectionModel.status == CONNECTED
+        return APPLIED if self._conditional_update(row, actions, condition, "reindex") else SKIPPED
+
     def _write_all(self, ids: Iterable[str], write: Callable[[str], str]) -> BulkOutcome:
         with BoundedWriter(write, self.settings.sweep_concurrency) as writer:
             for connection_id in ids:
