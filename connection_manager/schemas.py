@@ -31,8 +31,10 @@ KeyString = Annotated[
 ]
 Status = Literal["CONNECTED", "DISCONNECTED"]
 Limit = Annotated[int, Meta(ge=1, le=MAX_PAGE_SIZE, description="Page size, 1 to 1000.")]
+#: Tokens carry DynamoDB's last key; with keys of 2048 bytes of arbitrary characters one
+#: can reach ~50 KB (ordinary ids make tokens of a few hundred characters).
 NextToken = Annotated[
-    str, Meta(min_length=1, max_length=4096, description="Opaque token from a previous page's `nextToken`.")
+    str, Meta(min_length=1, max_length=65_536, description="Opaque token from a previous page's `nextToken`.")
 ]
 StaleAfter = Annotated[
     int, Meta(ge=1, le=MAX_STALE_AFTER_SECONDS, description="Seconds without activity after which a connection is stale.")

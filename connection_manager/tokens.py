@@ -36,10 +36,12 @@ class TokenCodec:
         return hmac.new(self._secret, payload, hashlib.sha256).digest()[:_SIGNATURE_BYTES]
 
     def encode(self, scope: str, cursor: Cursor) -> str:
+        # Raw UTF-8 rather than \u escapes: a key may be 2048 bytes of any characters.
         payload = json.dumps(
             {"v": _VERSION, "scope": scope, "shard": cursor.shard, "key": cursor.key},
             separators=(",", ":"),
             sort_keys=True,
+            ensure_ascii=False,
         ).encode("utf-8")
         return _b64(payload) + "." + _b64(self._sign(payload))
 
@@ -81,7 +83,13 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
+#: Longest token part accepted; comfortably above the longest one :func:`encode` can make
+#: (a user listing's scope and key hold three 2048-byte strings; control characters are
+#: still escaped to six bytes each: about 37 KB of JSON, 50 KB of base64).
+MAX_PART_CHARS = 65_536
+
+
 def _unb64(text: str) -> bytes:
-    if not text or len(text) > 8192:
+    if not text or len(text) > MAX_PART_CHARS:
         raise ValueError("bad token part")
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
