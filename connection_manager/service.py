@@ -20,7 +20,7 @@ from connection_manager.bulk import APPLIED, SKIPPED, BoundedWriter, BulkOutcome
 from connection_manager.clock import Clock, utc_now
 from connection_manager.config import Settings
 from connection_manager.dynamo import dynamo_errors, error_code, is_condition_failure
-from connection_manager.errors import ConflictError, NotFoundError, UnavailableError
+from connection_manager.errors import ConflictError, NotFoundError, UnavailableError, ValidationError
 from connection_manager.records import to_record
 from models.connection import (
     ACTIVE_SHARDS,
@@ -188,6 +188,7 @@ class ConnectionService:
         limit = limit or self.settings.default_page_size
         scope = f"user:{user_id}"
         start = self._tokens.decode(next_token, scope, shards=1, key_names=_USER_KEYS).key if next_token else None
+        _check_start_key(start, {"userId": {"S": user_id}, "status": {"S": CONNECTED}})
         with dynamo_errors("get_user_connections"):
             results = ConnectionModel.user_index.query(
                 user_id,
@@ -213,6 +214,7 @@ class ConnectionService:
             if next_token
             else Cursor(0, None)
         )
+        _check_start_key(cursor.key, {"activeShard": {"N": str(cursor.shard)}})
         rows: list[dict[str, Any]] = []
         used = 0
         shard, start = cursor.shard, cursor.key
@@ -532,6 +534,17 @@ class ConnectionService:
             for connection_id in ids:
                 writer.submit(connection_id)
         return writer.outcome
+
+
+def _check_start_key(key: dict[str, dict[str, Any]] | None, expected: dict[str, dict[str, str]]) -> None:
+    """A token's key must lie in the partition the listing queries.
+
+    DynamoDB rejects an ``ExclusiveStartKey`` from another partition with a
+    ValidationException (a 500 here), and the signature alone cannot rule one out: the
+    default signing secret is derived from the table name.
+    """
+    if key is not None and any(key.get(name) != value for name, value in expected.items()):
+        raise ValidationError("`nextToken` is not a token issued by this service for this listing")
 
 
 def _fill(rows: list[dict[str, Any]], results: Iterable[ConnectionModel], used: int) -> tuple[int, bool]:

@@ -476,6 +476,40 @@ def test_next_token__issued_for_another_table_is_400(make_connection, monkeypatc
     error({"action": "get_all_connections", "nextToken": foreign}, 400, "ValidationError", "nextToken")
 
 
+@pytest.mark.parametrize(
+    "event_of",
+    [
+        # A user listing's key that belongs to another user's partition.
+        lambda sign: {"action": "get_user_connections", "userId": "alice", "nextToken": sign(
+            "user:alice", Cursor(0, {"connectionId": {"S": "b0"}, "userId": {"S": "bob"}, "status": {"S": "CONNECTED"}})
+        )},
+        # ... or to the DISCONNECTED half of it.
+        lambda sign: {"action": "get_user_connections", "userId": "alice", "nextToken": sign(
+            "user:alice",
+            Cursor(0, {"connectionId": {"S": "a0"}, "userId": {"S": "alice"}, "status": {"S": "DISCONNECTED"}}),
+        )},
+        # A key in another shard than the cursor's.
+        lambda sign: {"action": "get_all_connections", "nextToken": sign("all", Cursor(1, {
+            "connectionId": {"S": "a0"}, "activeShard": {"N": "3"}, "lastActiveAt": {"S": "2024-01-01T11:59:00Z"}
+        }))},
+        # A shard that is not a number at all.
+        lambda sign: {"action": "get_all_connections", "nextToken": sign("all", Cursor(1, {
+            "connectionId": {"S": "a0"}, "activeShard": {"N": "one"}, "lastActiveAt": {"S": "2024-01-01T11:59:00Z"}
+        }))},
+    ],
+    ids=["other-user", "other-status", "other-shard", "shard-not-a-number"],
+)
+def test_next_token__signed_but_outside_its_listing_is_400(make_connection, handler_service, event_of):
+    # The signing secret defaults to a value derived from the table name, so a caller who
+    # knows it can sign any payload; the key must still lie inside the listing it continues,
+    # or DynamoDB rejects the ExclusiveStartKey and the caller would get a 500.
+    for index in range(3):
+        make_connection(f"a{index}", user_id="alice")
+        make_connection(f"b{index}", user_id="bob")
+
+    error(event_of(handler_service._tokens.encode), 400, "ValidationError", "nextToken")
+
+
 # Scheduled cleanup ---------------------------------------------------------------------------
 
 
