@@ -13,7 +13,7 @@ import connection_manager.observability as observability
 from connection_manager import cli
 from models.connection import ConnectionModel
 from tests.support.fixtures import *  # noqa: F401,F403
-from tests.support.fixtures import raw_item, raw_items
+from tests.support.fixtures import put_raw, raw_item, raw_items
 
 
 @pytest.fixture(autouse=True)
@@ -131,6 +131,17 @@ def test_seed__writes_live_stale_and_history_rows(capsys, handler_service, servi
     assert all(("activeShard" in item) == (item["status"] == "CONNECTED") for item in items)
     assert service.stats().stale == 5
     assert service.cleanup_stale_connections(dry_run=True).cleaned == 5
+
+
+def test_reindex__reports_what_it_moved_into_the_index(capsys, handler_service, make_connection):
+    make_connection("ours", user_id="u1")
+    put_raw({"connectionId": "theirs", "userId": "u1", "status": "CONNECTED", "createdAt": "2024-01-01T11:00:00Z"})
+
+    code, out, _ = run(capsys, "reindex")
+
+    assert code == 0
+    assert json.loads(out) == {"reindexed": 1, "skipped": 0, "failed": 0}
+    assert "activeShard" in raw_item("theirs")
 
 
 @pytest.mark.parametrize("argv", [["seed", "-1"], ["seed", "3", "--stale", "-2"]])
