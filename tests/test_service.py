@@ -566,28 +566,6 @@ def test_cleanup__a_heartbeat_before_the_sweep_saves_the_row(service, make_conne
     assert raw_item("c1")["status"] == "CONNECTED"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rows without lastActiveAt are not in the sparse ActiveIndex, so the sweep never sees them "
-    "until `reindex` has run (see the reindex tests below)",
-)
-def test_cleanup__row_without_last_activity_counts_from_created_at(service, dynamodb):
-    # A row as another writer of the table stores it: activity never recorded.
-    put_raw({"connectionId": "old", "userId": "u1", "status": "CONNECTED", "createdAt": "2024-01-01T09:00:00Z"})
-    put_raw(
-        {"connectionId": "shard-only", "userId": "u1", "status": "CONNECTED",
-         "createdAt": "2024-01-01T09:00:00Z", "activeShard": shard_for("shard-only")}
-    )
-    put_raw({"connectionId": "young", "userId": "u1", "status": "CONNECTED", "createdAt": "2024-01-01T11:30:00Z"})
-
-    result = service.cleanup_stale_connections()
-
-    assert result.cleaned == 2
-    assert raw_item("old")["disconnectReason"] == "stale"
-    assert raw_item("shard-only")["disconnectReason"] == "stale"
-    assert raw_item("young")["status"] == "CONNECTED"
-
-
 def _legacy_rows() -> None:
     """Rows as another writer of the table stores them: no index attribute, maybe no activity."""
     put_raw({"connectionId": "old", "userId": "u1", "status": "CONNECTED", "createdAt": "2024-01-01T09:00:00Z"})
