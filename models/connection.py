@@ -110,7 +110,9 @@ class ConnectionModel(Model):
         table_name = "connections"
         billing_mode = "PAY_PER_REQUEST"
         max_pool_connections = 32
-        retry_configuration: Any = {"mode": "standard", "total_max_attempts": 4}
+        # Botocore's "standard" retry mode with 1 + max_retry_attempts tries: jittered
+        # exponential backoff on throttling, 5xx and dropped connections.
+        max_retry_attempts = 3
 
     connection_id = UnicodeAttribute(hash_key=True, attr_name="connectionId")
     user_id = UnicodeAttribute(attr_name="userId")
@@ -155,9 +157,7 @@ def configure(settings: TableSettings) -> None:
     meta.connect_timeout_seconds = settings.connect_timeout_seconds  # type: ignore[attr-defined]
     meta.read_timeout_seconds = settings.read_timeout_seconds  # type: ignore[attr-defined]
     meta.max_pool_connections = settings.max_pool_connections
-    meta.retry_configuration = {"mode": "standard", "total_max_attempts": 1 + settings.max_retry_attempts}
-    # PynamoDB 6.1 builds the model's connection from ``max_retry_attempts`` only (in its
-    # "standard"-mode default) and never passes ``retry_configuration`` on, so this is the
-    # setting that actually bounds the retries.
+    # PynamoDB 6.1 builds its connection from ``max_retry_attempts`` only (botocore's
+    # "standard" mode, 1 + this many tries) and never passes ``retry_configuration`` on.
     meta.max_retry_attempts = settings.max_retry_attempts  # type: ignore[attr-defined]
     ConnectionModel._connection = None
