@@ -32,7 +32,7 @@ from connection_manager.service import ConnectionService, new_connection_row
 from models.connection import ConnectionModel, DisconnectReason, shard_for
 from tests.support.fixtures import *  # noqa: F401,F403
 from tests.support.fixtures import NOW, raw_item, raw_items
-from tests.support.dynamo_proxy import DynamoProxy, _ProxyHandler
+from tests.support.dynamo_proxy import DynamoProxy
 
 STALE_AFTER = 3600
 
@@ -140,14 +140,7 @@ def wire(dynamo_proxy: DynamoProxy, monkeypatch: pytest.MonkeyPatch) -> Settings
     two sweeps). Serializing requests at the proxy restores DynamoDB's guarantee; the
     clients stay as concurrent as in production, which is what these tests are about.
     """
-    lock = threading.Lock()
-    forward = _ProxyHandler._forward
-
-    def one_at_a_time(handler: _ProxyHandler, body: bytes) -> Any:
-        with lock:
-            return forward(handler, body)
-
-    monkeypatch.setattr(_ProxyHandler, "_forward", one_at_a_time)
+    dynamo_proxy.serialize_upstream = True
     monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", dynamo_proxy.url)
     monkeypatch.setattr(handler_module, "_service", None)
     settings = Settings(table_name="connections-race", region="us-east-1", sweep_concurrency=8)

@@ -113,6 +113,10 @@ class DynamoProxy:
       ``None`` means every DynamoDB request.
     - ``fault_phase``: ``"before"``, the request never reaches the server; ``"after"``,
       the server applies it and the answer is replaced by the fault (a lost answer).
+    - ``serialize_upstream``: forward one request at a time. DynamoDB applies each
+      conditional write atomically; moto checks the condition and applies the update in
+      separate steps, so two concurrent writes to one item can both pass. Race tests set
+      this to get DynamoDB's guarantee back while their clients stay concurrent.
     """
 
     def __init__(
@@ -145,6 +149,8 @@ class DynamoProxy:
         self._fault_operations: frozenset[str] | None = None
         self._fault_phase = "before"
         self._scheduled: deque[_ScheduledFault] = deque()
+        self._upstream_lock = threading.Lock()
+        self.serialize_upstream = False
         self.configure(
             latency_ms=latency_ms,
             fault_rate=fault_rate,
@@ -480,7 +486,11 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             response: tuple[int, list[tuple[str, str]], bytes] | None = None
             if fault is None or fault.phase == "after":
                 try:
-                    response = self._forward(body)
+                    if proxy.serialize_upstream:
+                        with proxy._upstream_lock:
+                            response = self._forward(body)
+                    else:
+                        response = self._forward(body)
                 except OSError as error:
                     response = (502, [("Content-Type", "text/plain")], f"upstream unreachable: {error}".encode())
                 else:
