@@ -21,10 +21,12 @@ class Settings:
     region: str | None = None
     retention_seconds: int = 7 * 24 * 3600
     max_retry_attempts: int = 3
-    connect_timeout_seconds: int = 5
-    read_timeout_seconds: int = 10
+    # DynamoDB answers in milliseconds; short timeouts bound how long one write can hold
+    # a sweep past its margin: (2 s + 5 s) x 4 tries plus backoff stays under 40 s.
+    connect_timeout_seconds: int = 2
+    read_timeout_seconds: int = 5
     sweep_concurrency: int = 16
-    sweep_time_margin_ms: int = 10_000
+    sweep_time_margin_ms: int = 40_000
     default_page_size: int = 100
     token_secret: str | None = field(default=None, repr=False)
     admin_token: str | None = field(default=None, repr=False)
@@ -65,7 +67,7 @@ class Settings:
         retention = integer("DISCONNECTED_RETENTION_SECONDS", 7 * 24 * 3600, 0, 10 * 365 * 24 * 3600)
         retries = integer("DYNAMODB_MAX_RETRIES", 3, 0, 10)
         concurrency = integer("SWEEP_CONCURRENCY", 16, 1, 128)
-        margin = integer("SWEEP_TIME_MARGIN_MS", 10_000, 0, 600_000)
+        margin = integer("SWEEP_TIME_MARGIN_MS", 40_000, 0, 600_000)
         page = integer("DEFAULT_PAGE_SIZE", 100, 1, 1000)
 
         region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None
