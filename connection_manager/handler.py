@@ -126,7 +126,12 @@ def _websocket(event: dict[str, Any]) -> dict[str, Any]:
     service = get_service()
     try:
         if route == "$connect":
-            payload: dict[str, Any] = {"connectionId": connection_id, "userId": _websocket_user(event)}
+            user_id = _websocket_user(event)
+            if user_id is None:
+                raise ValidationError(
+                    "$connect needs a user: an authorizer principalId or a userId query string parameter"
+                )
+            payload: dict[str, Any] = {"connectionId": connection_id, "userId": user_id}
             metadata = _websocket_metadata(request)
             if metadata:
                 payload["metadata"] = metadata

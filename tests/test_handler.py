@@ -570,6 +570,7 @@ def test_websocket_connect__without_any_user_is_refused_and_nothing_stored():
     response = invoke(event)
 
     assert response["statusCode"] == 400
+    assert "principalId" in response["body"]["message"] and "userId" in response["body"]["message"]
     assert raw_items() == []
 
 
