@@ -480,17 +480,19 @@ class ConnectionService:
 
     def _disconnect(self, connection_id: str, reason: DisconnectReason) -> ConnectionModel | None:
         """Disconnect if CONNECTED. Returns the new row, None if it was already DISCONNECTED; 404 if missing."""
+        row = self._disconnect_if_connected(connection_id, reason)
+        if row is None:
+            self._get(connection_id)  # raises 404 when the row does not exist
+        return row
+
+    def _disconnect_if_connected(self, connection_id: str, reason: DisconnectReason) -> ConnectionModel | None:
+        """One conditional write; the updated row, or None when it was not CONNECTED (or absent)."""
         row = ConnectionModel(connection_id)
         condition = ConnectionModel.connection_id.exists() & (ConnectionModel.status == CONNECTED)
-        if self._conditional_update(row, self._disconnect_actions(reason), condition, "disconnect"):
-            return row
-        self._get(connection_id)  # raises 404 when the row does not exist
-        return None
+        return row if self._conditional_update(row, self._disconnect_actions(reason), condition, "disconnect") else None
 
     def _disconnect_outcome(self, connection_id: str, reason: DisconnectReason) -> str:
-        row = ConnectionModel(connection_id)
-        condition = ConnectionModel.connection_id.exists() & (ConnectionModel.status == CONNECTED)
-        return APPLIED if self._conditional_update(row, self._disconnect_actions(reason), condition, "disconnect") else SKIPPED
+        return APPLIED if self._disconnect_if_connected(connection_id, reason) is not None else SKIPPED
 
     def _sweep_one(self, connection_id: str, cutoff: datetime) -> str:
         row = ConnectionModel(connection_id)
