@@ -6,6 +6,7 @@ the middle of a request.
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -174,3 +175,26 @@ def test_cli__bad_configuration_is_one_line_on_stderr(broken_env, capsys):
     assert "STALE_AFTER_SECONDS" in captured.err
     assert "Traceback" not in captured.err
     assert captured.out == ""
+
+
+def test_lambda_start__bad_configuration_is_reported_once_at_import():
+    """Lambda loads the module once; a broken environment is named there, without a traceback."""
+    import subprocess
+    import sys
+
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "AWS_LAMBDA_FUNCTION_NAME": "connection-manager-test",
+        "STALE_AFTER_SECONDS": "sixty",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", "import connection_manager.handler"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )
+
+    assert result.returncode == 0, result.stderr
+    line = json.loads(result.stdout.strip())
+    assert line["level"] == "ERROR"
+    assert "CONNECTIONS_TABLE_NAME is required" in line["message"]
+    assert "STALE_AFTER_SECONDS must be a whole number" in line["message"]
+    assert "Traceback" not in result.stdout + result.stderr
