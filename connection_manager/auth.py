@@ -47,9 +47,23 @@ def gateway_event(environ: Mapping[str, Any]) -> dict[str, Any] | None:
 
 def iam_identity(event: Mapping[str, Any]) -> str | None:
     """The IAM caller of an API Gateway request (REST v1 or HTTP API v2), if there is one."""
-    context = event.get("requestContext")
-    if not isinstance(context, dict):
-        return None
+    context = _mapping(event.get("requestContext"))
+    authorizer_iam = _mapping(_mapping(context.get("authorizer")).get("iam"))
+    return _first_string(_mapping(context.get("identity")), ("userArn", "caller")) or _first_string(
+        authorizer_iam, ("userArn", "callerId")
+    )
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _first_string(source: Mapping[str, Any], keys: tuple[str, ...]) -> str | None:
+    for key in keys:
+        value = source.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
     identity = context.get("identity")
     if isinstance(identity, dict):
         for key in ("userArn", "caller"):

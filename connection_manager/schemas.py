@@ -97,9 +97,15 @@ class GetUserConnections(Params):
         _check_key("userId", self.userId)
 
 
-class GetAllConnections(Params):
+class Page(Params):
+    """A page of a listing: the query string of the paginated HTTP lists."""
+
     limit: Limit | None = None
     nextToken: NextToken | None = None
+
+
+class GetAllConnections(Page):
+    pass
 
 
 class GetConnection(Params):
@@ -149,13 +155,6 @@ class DisconnectUser(Params):
 
     def __post_init__(self) -> None:
         _check_key("userId", self.userId)
-
-
-class Page(Params):
-    """Query string of the paginated HTTP lists."""
-
-    limit: Limit | None = None
-    nextToken: NextToken | None = None
 
 
 class NoParams(Params):

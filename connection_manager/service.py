@@ -309,8 +309,8 @@ class ConnectionService:
     def update_connection_status(self, connection_id: str, status: str) -> dict[str, Any]:
         """Set a status. Setting the status a row already has changes nothing and returns it."""
         if status == DISCONNECTED:
-            row = self._disconnect(connection_id, DisconnectReason.ADMIN)
-            return to_record(row) if row is not None else self.get_connection(connection_id)
+            row = self._disconnect_if_connected(connection_id, DisconnectReason.ADMIN)
+            return to_record(row) if row is not None else self.get_connection(connection_id)  # unchanged, or 404
         now = self.clock()
         row = ConnectionModel(connection_id)
         actions = [
@@ -328,11 +328,12 @@ class ConnectionService:
         return self.get_connection(connection_id)  # already CONNECTED, or 404
 
     def disconnect(self, connection_id: str, reason: DisconnectReason) -> dict[str, Any] | None:
-        """Mark one connection DISCONNECTED; None when it was already, or never existed."""
-        try:
-            row = self._disconnect(connection_id, reason)
-        except NotFoundError:
-            return None
+        """Mark one connection DISCONNECTED; None when it was already, or never existed.
+
+        One conditional write and no read: a repeated or unknown $disconnect needs no answer
+        beyond "nothing changed".
+        """
+        row = self._disconnect_if_connected(connection_id, reason)
         return to_record(row) if row is not None else None
 
     def disconnect_user(self, user_id: str) -> int:
@@ -477,13 +478,6 @@ class ConnectionService:
         if self.settings.retention_seconds:
             actions.append(ConnectionModel.expires_at.set(now + timedelta(seconds=self.settings.retention_seconds)))
         return actions
-
-    def _disconnect(self, connection_id: str, reason: DisconnectReason) -> ConnectionModel | None:
-        """Disconnect if CONNECTED. Returns the new row, None if it was already DISCONNECTED; 404 if missing."""
-        row = self._disconnect_if_connected(connection_id, reason)
-        if row is None:
-            self._get(connection_id)  # raises 404 when the row does not exist
-        return row
 
     def _disconnect_if_connected(self, connection_id: str, reason: DisconnectReason) -> ConnectionModel | None:
         """One conditional write; the updated row, or None when it was not CONNECTED (or absent)."""
