@@ -70,6 +70,11 @@ def _check_metadata(metadata: dict[str, Any]) -> None:
                 "between 1e-130 and 1e126, as DynamoDB stores them"
             )
         if isinstance(value, dict):
+            if "" in value:
+                # DynamoDB refuses an empty attribute name at any depth of a map; moto stores
+                # one and then answers every later read of the row with a body botocore
+                # cannot parse, so it must never reach the table.
+                raise ValueError("`metadata` keys must not be empty")
             for item in value.values():
                 depth(item, level + 1)
         elif isinstance(value, list):
