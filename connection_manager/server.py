@@ -15,8 +15,9 @@ import re
 import signal
 import sys
 import threading
+from contextlib import contextmanager
 from types import FrameType
-from typing import Any, TextIO
+from typing import Any, Iterator, TextIO
 
 from werkzeug.serving import WSGIRequestHandler
 
@@ -119,6 +120,11 @@ def serve(host: str = "127.0.0.1", port: int = 8080, embedded: bool = False) -> 
     from connection_manager.observability import setup_logging
 
     setup_logging()
+    with _stop_on_signals():
+        return _serve(host, port, embedded)
+
+
+def _serve(host: str, port: int, embedded: bool) -> int:
     dynamo: EmbeddedDynamo | None = None
     if embedded:
         # moto logs every DynamoDB call through werkzeug's logger; the app's lines stay.
@@ -149,6 +155,30 @@ def serve(host: str = "127.0.0.1", port: int = 8080, embedded: bool = False) -> 
             dynamo.stop()
 
 
+@contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """Ctrl-C (SIGINT) and SIGTERM stop the server, from the first line on.
+
+    Python turns SIGINT into KeyboardInterrupt only when the parent left it alone, and a
+    shell starts a background job (``serve &``, a CI runner's steps) with SIGINT ignored:
+    without an explicit handler such a server would ignore Ctrl-C and `kill -INT`. The
+    previous handlers come back afterwards (``serve`` may run inside another program).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = {number: signal.signal(number, stop) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
 def _run(host: str, port: int, settings: Settings) -> int:
     from werkzeug.serving import make_server
 
@@ -176,11 +206,6 @@ def _run(host: str, port: int, settings: Settings) -> int:
     if settings.admin_token:
         print("changes (PATCH/POST) need: Authorization: Bearer $ADMIN_TOKEN", flush=True)
 
-    def stop(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, stop)
     try:
         server.serve_forever()  # returns on Ctrl-C (werkzeug catches the KeyboardInterrupt)
     except KeyboardInterrupt:

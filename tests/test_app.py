@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import re
-import signal
 import subprocess
 import sys
 import urllib.error
@@ -38,6 +37,7 @@ from connection_manager.errors import ForbiddenError, UnauthorizedError
 from connection_manager.handler import lambda_handler
 from connection_manager.service import ConnectionService
 from tests.support.events import FakeLambdaContext, load_event
+from tests.support.serve_process import ServeProcess
 from tests.support.fixtures import *  # noqa: F403
 from tests.support.fixtures import NOW, TABLE, iso, raw_item
 
@@ -686,21 +686,12 @@ def test_serve__embedded_without_moto_says_how_to_install_it(
     assert "pip install -e '.[dev]'" in capsys.readouterr().err
 
 
-def test_serve__embedded_demo_on_a_free_port_stops_cleanly_on_ctrl_c() -> None:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("AWS_ENDPOINT_URL")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "connection_manager.cli", "serve", "--embedded", "--port", "0"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        url = None
-        for line in process.stdout:  # type: ignore[union-attr]
-            match = re.search(r"Connection Manager admin: (http://127\.0\.0\.1:(\d+)/)", line)
-            if match:
-                url = match.group(1)
-                assert match.group(2) != "0"
-                break
-        assert url, "the server printed no URL"
+@pytest.mark.parametrize("sigint_ignored", [False, True], ids=["foreground", "background-job"])
+def test_serve__embedded_demo_on_a_free_port_stops_cleanly_on_ctrl_c(sigint_ignored: bool) -> None:
+    # A shell starts a background job (`scripts/test &`, a CI runner) with SIGINT ignored, and
+    # the child inherits that; the server must still stop on SIGINT instead of hanging.
+    with ServeProcess(sigint_ignored=sigint_ignored) as server:
+        url = server.start()
         with urllib.request.urlopen(url + "stats", timeout=10) as response:
             stats = json.load(response)
         assert (stats["activeConnections"], stats["staleConnections"]) == (75, 15)
@@ -710,9 +701,6 @@ def test_serve__embedded_demo_on_a_free_port_stops_cleanly_on_ctrl_c() -> None:
             urllib.request.urlopen(rebound, timeout=10)
         assert refused.value.code == 400
         assert json.load(refused.value)["error"] == "ValidationError"
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=15) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+
+        assert server.stop() == 0
+        assert "stopped" in server.output

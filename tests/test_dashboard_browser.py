@@ -13,18 +13,15 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import re
-import signal
-import subprocess
-import sys
-import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.support.serve_process import ServeProcess
 
 pytestmark = pytest.mark.browser
 
@@ -62,42 +59,11 @@ def get_json(url: str) -> Any:
 def server_url() -> Iterator[str]:
     """The embedded demo server, started the way the README starts it; stopped with Ctrl-C."""
     _require_chromium()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("AWS_ENDPOINT_URL")}
-    env.pop("ADMIN_TOKEN", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "connection_manager.cli", "serve", "--embedded", "--port", "0"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    output: list[str] = []
-
-    def pump() -> None:
-        for line in process.stdout:  # type: ignore[union-attr]
-            output.append(line)
-            lines.put(line)
-
-    threading.Thread(target=pump, daemon=True).start()
-    try:
-        url = None
-        while url is None:
-            try:
-                line = lines.get(timeout=STARTUP_TIMEOUT_S)
-            except queue.Empty:
-                pytest.fail("the server printed no URL in time:\n" + "".join(output))
-            match = re.search(r"Connection Manager admin: (http://127\.0\.0\.1:\d+/)", line)
-            url = match.group(1) if match else None
+    env = {key: value for key, value in os.environ.items() if key != "ADMIN_TOKEN"}
+    with ServeProcess(env=env) as server:
+        url = server.start(timeout=STARTUP_TIMEOUT_S)
         yield url
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        assert server.stop() == 0
 
 
 @pytest.fixture(scope="module")
