@@ -164,6 +164,13 @@ class NoParams(Params):
 # Responses (documented in OpenAPI; bodies are built from these) -----------------------
 
 
+class Response(Struct):
+    """A response shape the service returns as is: its body is the Struct as JSON builtins."""
+
+    def to_body(self) -> dict[str, Any]:
+        return msgspec.to_builtins(self)
+
+
 class ConnectionRecord(Struct, omit_defaults=True):
     connectionId: str
     userId: str
@@ -176,10 +183,13 @@ class ConnectionRecord(Struct, omit_defaults=True):
     metadata: dict[str, Any] | None = None
 
 
-class ConnectionList(Struct, omit_defaults=True):
+class ConnectionList(Response, omit_defaults=True, rename="camel"):
+    """One page of a listing. The service fills ``connections`` with records already
+    serialized by ``records.to_record`` (plain dicts of this shape)."""
+
     connections: list[ConnectionRecord]
     count: int
-    nextToken: str | None = None
+    next_token: str | None = None
 
 
 class ConnectionEnvelope(Struct):
@@ -194,6 +204,7 @@ class CleanupResult(Struct, omit_defaults=True):
     scannedCount: int
     skippedCount: int
     failedCount: int
+    repairedCount: int
     staleAfterSeconds: int
     cutoff: Timestamp
     durationMs: int
@@ -203,13 +214,15 @@ class DisconnectResult(Struct):
     disconnectedCount: int
 
 
-class Stats(Struct):
-    activeConnections: int
-    distinctUsers: int
-    staleConnections: int
-    staleAfterSeconds: int
+class Stats(Response, rename="camel"):
+    """Counts for the dashboard, over the live rows only."""
+
+    active_connections: int
+    distinct_users: int
+    stale_connections: int
+    stale_after_seconds: int
     table: str
-    generatedAt: Timestamp
+    generated_at: Timestamp
 
 
 class Health(Struct):
