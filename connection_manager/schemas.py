@@ -58,6 +58,26 @@ def _storable_number(value: int | float) -> bool:
     return len(significant) <= 38 and -130 <= number.adjusted() <= 125
 
 
+def metadata_size(metadata: dict[str, Any]) -> int:
+    """Bytes of ``metadata`` as the limit counts them: compact JSON, non-ASCII escaped."""
+    return len(json.dumps(metadata, separators=(",", ":")))
+
+
+def truncate_for_json(text: str, max_bytes: int) -> str:
+    """The longest prefix of ``text`` whose JSON string (escapes included, quotes not) fits ``max_bytes``.
+
+    What a client sends (a user agent) is cut by how :func:`metadata_size` measures it:
+    ``é`` takes six bytes there and an emoji twelve, so cutting by characters is not enough.
+    A prefix never splits a character, so no half surrogate pair is stored.
+    """
+    used = 0
+    for index, char in enumerate(text[:max_bytes]):  # every character costs at least one byte
+        used += len(json.dumps(char)) - 2
+        if used > max_bytes:
+            return text[:index]
+    return text[:max_bytes]
+
+
 def _check_metadata(metadata: dict[str, Any]) -> None:
     def depth(value: Any, level: int) -> None:
         if level > MAX_METADATA_DEPTH:
@@ -77,7 +97,7 @@ def _check_metadata(metadata: dict[str, Any]) -> None:
                 depth(item, level + 1)
 
     depth(metadata, 1)
-    if len(json.dumps(metadata, separators=(",", ":"))) > MAX_METADATA_BYTES:
+    if metadata_size(metadata) > MAX_METADATA_BYTES:
         raise ValueError(f"`metadata` is larger than {MAX_METADATA_BYTES} bytes of JSON")
 
 
