@@ -18,8 +18,9 @@ import msgspec
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
-#: What one write reports: it was applied, its condition no longer held, or it failed.
-APPLIED, SKIPPED, FAILED = "applied", "skipped", "failed"
+#: What one write reports: it was applied, its condition no longer held, or it failed; or,
+#: instead of its own change, it repaired a row other tools left inconsistent.
+APPLIED, SKIPPED, FAILED, REPAIRED = "applied", "skipped", "failed", "repaired"
 
 
 class BulkOutcome(msgspec.Struct):
@@ -28,32 +29,51 @@ class BulkOutcome(msgspec.Struct):
     applied: int = 0
     skipped: int = 0
     failed: int = 0
+    repaired: int = 0
     max_in_flight: int = 0
+    #: True when ``stop`` refused an item: items remained that were never written.
+    stopped: bool = False
     failures: list[str] = msgspec.field(default_factory=list)
 
 
 class BoundedWriter:
-    """Runs ``write(item) -> APPLIED|SKIPPED|FAILED`` for each submitted item, concurrently."""
+    """Runs ``write(item) -> APPLIED|SKIPPED|FAILED|REPAIRED`` for each submitted item, concurrently.
+
+    ``stop()``, when given, is asked before each write starts; once it answers True no
+    further write starts (a deadline: the caller's time is running out).
+    """
 
     MAX_FAILURES_KEPT = 10
 
-    def __init__(self, write: Callable[[str], str], concurrency: int) -> None:
+    def __init__(self, write: Callable[[str], str], concurrency: int, stop: Callable[[], bool] | None = None) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         self._write = write
+        self._stop = stop
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="cm-write")
         self._slots = threading.BoundedSemaphore(concurrency)
         self._lock = threading.Lock()
         self._in_flight = 0
         self.outcome = BulkOutcome()
 
-    def submit(self, item: str) -> None:
+    def submit(self, item: str) -> bool:
+        """Start writing ``item`` once a slot is free; False (nothing started) when ``stop()`` says so.
+
+        ``stop`` is asked after the slot is taken, not before: waiting for a slot lasts as long
+        as the slowest write in flight, and a deadline that passes during the wait must
+        still keep this write from starting.
+        """
         self._slots.acquire()
+        if self._stop is not None and self._stop():
+            self._slots.release()
+            self.outcome.stopped = True
+            return False
         with self._lock:
             self._in_flight += 1
             self.outcome.max_in_flight = max(self.outcome.max_in_flight, self._in_flight)
         future = self._pool.submit(self._run, item)
         future.add_done_callback(self._done)
+        return True
 
     def _run(self, item: str) -> str:
         try:
@@ -72,6 +92,8 @@ class BoundedWriter:
                 self.outcome.applied += 1
             elif result == SKIPPED:
                 self.outcome.skipped += 1
+            elif result == REPAIRED:
+                self.outcome.repaired += 1
             else:
                 self.outcome.failed += 1
         self._slots.release()

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator, TypeVar
 
-from pynamodb.exceptions import DoesNotExist, PynamoDBException
+from pynamodb.connection.base import BOTOCORE_EXCEPTIONS
+from pynamodb.constants import ALL_NEW, ALL_OLD, ATTRIBUTES, UPDATE_ITEM
+from pynamodb.exceptions import DoesNotExist, PynamoDBException, UpdateError
+from pynamodb.models import Model
 
 from connection_manager.errors import InternalError, UnavailableError
 
@@ -44,6 +47,58 @@ def error_code(exc: PynamoDBException) -> str | None:
 
 def is_condition_failure(exc: PynamoDBException) -> bool:
     return error_code(exc) == CONDITION_FAILED
+
+
+M = TypeVar("M", bound=Model)
+
+
+def update_or_current(row: M, actions: list[Any], condition: Any) -> tuple[bool, dict[str, Any] | None]:
+    """One conditional UpdateItem that, when its condition fails, says what the item holds.
+
+    Returns ``(True, None)`` when applied (``row`` then holds the updated item, as
+    ``Model.update`` leaves it), and ``(False, item)`` when the condition failed: ``item``
+    is the stored item in DynamoDB's JSON (``ReturnValuesOnConditionCheckFailure=ALL_OLD``,
+    no extra read, no extra cost), or None when there is no such item.
+
+    This is how a write whose answer was lost tells "my own earlier attempt already
+    applied it" (botocore retried it, and the retry failed the condition the first attempt
+    made false) from "someone else changed it". PynamoDB 6.1's ``Model.update`` cannot ask
+    for the item (pynamodb/PynamoDB#1219), so the request is built by PynamoDB as
+    ``update`` builds it and sent through the same connection, adding only that parameter.
+    Other failures raise ``UpdateError`` exactly as ``Model.update`` does.
+    """
+    table = type(row)._get_connection()
+    hash_key, range_key = row._get_hash_range_key_serialized_values()
+    request = table.get_operation_kwargs(
+        hash_key,
+        range_key=range_key,
+        actions=actions,
+        condition=condition,
+        return_values=ALL_NEW,
+        return_values_on_condition_failure=ALL_OLD,
+    )
+    try:
+        data = table.connection.dispatch(UPDATE_ITEM, request)
+    except BOTOCORE_EXCEPTIONS as exc:
+        error = UpdateError(f"Failed to update item: {exc}", exc)
+        if not is_condition_failure(error):
+            raise error from exc
+        return False, _item_of_condition_failure(exc)
+    row.deserialize(data[ATTRIBUTES])
+    return True, None
+
+
+def _item_of_condition_failure(exc: BaseException) -> dict[str, Any] | None:
+    """The ``Item`` of a ConditionalCheckFailedException (botocore parses it as a modeled field).
+
+    PynamoDB re-raises botocore's ClientError as its own error with only the ``Error`` part,
+    chained to the original (``raise ... from``), so both are looked at.
+    """
+    for candidate in (exc, exc.__cause__):
+        response = getattr(candidate, "response", None)
+        if isinstance(response, dict) and isinstance(response.get("Item"), dict):
+            return response["Item"]
+    return None
 
 
 @contextmanager

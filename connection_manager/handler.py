@@ -28,6 +28,7 @@ from connection_manager.observability import (
     setup_logging,
 )
 from connection_manager.operations import Invocation, run_action
+from connection_manager.schemas import truncate_for_json
 from connection_manager.service import ConnectionService
 
 log = logging.getLogger(__name__)
@@ -192,7 +193,10 @@ def _websocket_metadata(request: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(identity, dict):
         return {}
     metadata = {"sourceIp": identity.get("sourceIp"), "userAgent": identity.get("userAgent")}
-    return {key: value[:512] for key, value in metadata.items() if isinstance(value, str) and value}
+    # Cut by the escaped JSON bytes the metadata limit counts, not by characters: two values
+    # of 512 such bytes and their keys always fit MAX_METADATA_BYTES (2048), so no client is
+    # refused for its user agent.
+    return {key: truncate_for_json(value, 512) for key, value in metadata.items() if isinstance(value, str) and value}
 
 
 # Everything else -----------------------------------------------------------------------------

@@ -58,6 +58,26 @@ def _storable_number(value: int | float) -> bool:
     return len(significant) <= 38 and -130 <= number.adjusted() <= 125
 
 
+def metadata_size(metadata: dict[str, Any]) -> int:
+    """Bytes of ``metadata`` as the limit counts them: compact JSON, non-ASCII escaped."""
+    return len(json.dumps(metadata, separators=(",", ":")))
+
+
+def truncate_for_json(text: str, max_bytes: int) -> str:
+    """The longest prefix of ``text`` whose JSON string (escapes included, quotes not) fits ``max_bytes``.
+
+    What a client sends (a user agent) is cut by how :func:`metadata_size` measures it:
+    ``é`` takes six bytes there and an emoji twelve, so cutting by characters is not enough.
+    A prefix never splits a character, so no half surrogate pair is stored.
+    """
+    used = 0
+    for index, char in enumerate(text[:max_bytes]):  # every character costs at least one byte
+        used += len(json.dumps(char)) - 2
+        if used > max_bytes:
+            return text[:index]
+    return text[:max_bytes]
+
+
 def _check_metadata(metadata: dict[str, Any]) -> None:
     def depth(value: Any, level: int) -> None:
         if level > MAX_METADATA_DEPTH:
@@ -82,7 +102,7 @@ def _check_metadata(metadata: dict[str, Any]) -> None:
                 depth(item, level + 1)
 
     depth(metadata, 1)
-    if len(json.dumps(metadata, separators=(",", ":"))) > MAX_METADATA_BYTES:
+    if metadata_size(metadata) > MAX_METADATA_BYTES:
         raise ValueError(f"`metadata` is larger than {MAX_METADATA_BYTES} bytes of JSON")
 
 
@@ -169,6 +189,13 @@ class NoParams(Params):
 # Responses (documented in OpenAPI; bodies are built from these) -----------------------
 
 
+class Response(Struct):
+    """A response shape the service returns as is: its body is the Struct as JSON builtins."""
+
+    def to_body(self) -> dict[str, Any]:
+        return msgspec.to_builtins(self)
+
+
 class ConnectionRecord(Struct, omit_defaults=True):
     connectionId: str
     userId: str
@@ -181,10 +208,13 @@ class ConnectionRecord(Struct, omit_defaults=True):
     metadata: dict[str, Any] | None = None
 
 
-class ConnectionList(Struct, omit_defaults=True):
+class ConnectionList(Response, omit_defaults=True, rename="camel"):
+    """One page of a listing. The service fills ``connections`` with records already
+    serialized by ``records.to_record`` (plain dicts of this shape)."""
+
     connections: list[ConnectionRecord]
     count: int
-    nextToken: str | None = None
+    next_token: str | None = None
 
 
 class ConnectionEnvelope(Struct):
@@ -199,6 +229,7 @@ class CleanupResult(Struct, omit_defaults=True):
     scannedCount: int
     skippedCount: int
     failedCount: int
+    repairedCount: int
     staleAfterSeconds: int
     cutoff: Timestamp
     durationMs: int
@@ -208,13 +239,15 @@ class DisconnectResult(Struct):
     disconnectedCount: int
 
 
-class Stats(Struct):
-    activeConnections: int
-    distinctUsers: int
-    staleConnections: int
-    staleAfterSeconds: int
+class Stats(Response, rename="camel"):
+    """Counts for the dashboard, over the live rows only."""
+
+    active_connections: int
+    distinct_users: int
+    stale_connections: int
+    stale_after_seconds: int
     table: str
-    generatedAt: Timestamp
+    generated_at: Timestamp
 
 
 class Health(Struct):

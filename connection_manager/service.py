@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from datetime import datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
@@ -16,12 +17,13 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 import msgspec
 from pynamodb.exceptions import DoesNotExist, PynamoDBException
 
-from connection_manager.bulk import APPLIED, SKIPPED, BoundedWriter, BulkOutcome
+from connection_manager.bulk import APPLIED, REPAIRED, SKIPPED, BoundedWriter, BulkOutcome
 from connection_manager.clock import Clock, utc_now
 from connection_manager.config import Settings
-from connection_manager.dynamo import dynamo_errors, error_code, is_condition_failure
+from connection_manager.dynamo import dynamo_errors, error_code, is_condition_failure, update_or_current
 from connection_manager.errors import ConflictError, NotFoundError, UnavailableError, ValidationError
 from connection_manager.records import to_record
+from connection_manager.schemas import ConnectionList, Stats
 from models.connection import (
     ACTIVE_SHARDS,
     ConnectionModel,
@@ -42,6 +44,11 @@ CONNECTED = ConnectionStatus.CONNECTED.value
 DISCONNECTED = ConnectionStatus.DISCONNECTED.value
 
 _ACTIVE_KEYS = frozenset({"connectionId", "activeShard", "lastActiveAt"})
+
+#: Other tools sharing the table may disconnect a row without removing ``activeShard``, so
+#: the sparse index can hold a few DISCONNECTED rows; reads of it filter them out (they are
+#: billed, but rare, and the sweep takes them out of the index when it meets them).
+_LIVE = ConnectionModel.status == CONNECTED
 _USER_KEYS = frozenset({"connectionId", "userId", "status"})
 
 #: Milliseconds of Lambda time left; None when the caller has no deadline.
@@ -59,28 +66,19 @@ RESPONSE_BUDGET_BYTES = 1_000_000
 SWEEP_PAGE_SIZE = 200
 
 
-class Page(msgspec.Struct, frozen=True):
-    """One page of a listing.
+class SweepResult(msgspec.Struct, frozen=True):
+    """What one sweep did.
 
-    The result types are msgspec Structs rather than dataclasses: a dataclass costs about
-    a millisecond to create at import, which every Lambda cold start would pay.
+    A msgspec Struct rather than a dataclass: a dataclass costs about a millisecond to
+    create at import, which every Lambda cold start would pay.
     """
 
-    connections: list[dict[str, Any]]
-    next_token: str | None
-
-    def to_body(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"connections": self.connections, "count": len(self.connections)}
-        if self.next_token:
-            body["nextToken"] = self.next_token
-        return body
-
-
-class SweepResult(msgspec.Struct, frozen=True):
     cleaned: int
     scanned: int
     skipped: int
     failed: int
+    #: DISCONNECTED rows (written by other tools) met in the live index and taken out of it.
+    repaired: int
     complete: bool
     dry_run: bool
     stale_after_seconds: int
@@ -97,28 +95,10 @@ class SweepResult(msgspec.Struct, frozen=True):
             "scannedCount": self.scanned,
             "skippedCount": self.skipped,
             "failedCount": self.failed,
+            "repairedCount": self.repaired,
             "staleAfterSeconds": self.stale_after_seconds,
             "cutoff": format_timestamp(self.cutoff),
             "durationMs": self.duration_ms,
-        }
-
-
-class Stats(msgspec.Struct, frozen=True):
-    active: int
-    users: int
-    stale: int
-    stale_after_seconds: int
-    table: str
-    generated_at: datetime
-
-    def to_body(self) -> dict[str, Any]:
-        return {
-            "activeConnections": self.active,
-            "distinctUsers": self.users,
-            "staleConnections": self.stale,
-            "staleAfterSeconds": self.stale_after_seconds,
-            "table": self.table,
-            "generatedAt": format_timestamp(self.generated_at),
         }
 
 
@@ -182,7 +162,9 @@ class ConnectionService:
     def get_connection(self, connection_id: str) -> dict[str, Any]:
         return to_record(self._get(connection_id))
 
-    def get_user_connections(self, user_id: str, limit: int | None = None, next_token: str | None = None) -> Page:
+    def get_user_connections(
+        self, user_id: str, limit: int | None = None, next_token: str | None = None
+    ) -> ConnectionList:
         from connection_manager.tokens import Cursor
 
         limit = limit or self.settings.default_page_size
@@ -202,9 +184,11 @@ class ConnectionService:
             last_key = results.last_evaluated_key
         more = last_key and (full or len(rows) == limit)
         token = self._tokens.encode(scope, Cursor(0, last_key)) if more else None
-        return Page(rows, token)
+        return ConnectionList(rows, len(rows), token)
 
-    def get_all_connections(self, limit: int | None = None, next_token: str | None = None) -> Page:
+    def get_all_connections(
+        self, limit: int | None = None, next_token: str | None = None
+    ) -> ConnectionList:
         """Live connections from the sparse index, shard by shard, oldest activity first."""
         from connection_manager.tokens import Cursor
 
@@ -223,7 +207,7 @@ class ConnectionService:
             while shard < ACTIVE_SHARDS:
                 wanted = limit - len(rows)
                 results = ConnectionModel.active_index.query(
-                    shard, limit=wanted, page_size=wanted, last_evaluated_key=start
+                    shard, filter_condition=_LIVE, limit=wanted, page_size=wanted, last_evaluated_key=start
                 )
                 used, full = _fill(rows, results, used)
                 # Mid-page (the budget was spent) this is the key of the last row taken.
@@ -236,7 +220,7 @@ class ConnectionService:
                     break
                 shard, start = shard + 1, None
         token = self._tokens.encode("all", next_cursor) if next_cursor else None
-        return Page(rows, token)
+        return ConnectionList(rows, len(rows), token)
 
     def count_active(self) -> int:
         """Live connections, counted on the sparse index with ``Select=COUNT``.
@@ -246,7 +230,9 @@ class ConnectionService:
         thousand live connections each time it runs (once per scheduled sweep).
         """
         with dynamo_errors("count_active"):
-            return sum(ConnectionModel.active_index.count(shard) for shard in range(ACTIVE_SHARDS))
+            return sum(
+                ConnectionModel.active_index.count(shard, filter_condition=_LIVE) for shard in range(ACTIVE_SHARDS)
+            )
 
     def stats(self) -> Stats:
         """Counts for the dashboard in one pass over the live rows (never the history)."""
@@ -255,12 +241,16 @@ class ConnectionService:
         active = stale = 0
         users: set[str] = set()
         with dynamo_errors("stats"):
-            for row in self._active_rows(attributes=["connectionId", "userId", "lastActiveAt", "activeShard"]):
+            for row in self._active_rows(
+                attributes=["connectionId", "userId", "status", "lastActiveAt", "activeShard"], filter_condition=_LIVE
+            ):
                 active += 1
                 users.add(row.user_id)
                 if row.last_active_at is not None and row.last_active_at < cutoff:
                     stale += 1
-        return Stats(active, len(users), stale, self.settings.stale_after_seconds, self.settings.table_name, now)
+        return Stats(
+            active, len(users), stale, self.settings.stale_after_seconds, self.settings.table_name, format_timestamp(now)
+        )
 
     # Writes -----------------------------------------------------------------------------
 
@@ -374,44 +364,53 @@ class ConnectionService:
         def out_of_time() -> bool:
             return time_left_ms is not None and time_left_ms() < margin
 
-        scanned = 0
-        complete = True
         read_failure: PynamoDBException | None = None
 
-        def stale_ids() -> Iterator[str]:
-            nonlocal scanned, complete, read_failure
+        def candidates() -> Iterator[ConnectionModel]:
+            nonlocal read_failure
             rows = iter(
                 self._active_rows(
-                    attributes=["connectionId", "activeShard", "lastActiveAt"],
+                    attributes=["connectionId", "activeShard", "lastActiveAt", "status"],
                     range_key_condition=ConnectionModel.last_active_at < cutoff,
                     page_size=SWEEP_PAGE_SIZE,
                 )
             )
             while True:
                 try:
-                    row = next(rows)
+                    yield next(rows)
                 except StopIteration:
                     return
                 except PynamoDBException as exc:
                     # A Query still failing after retries ends this run early instead of
                     # discarding the count of writes already made; the next run resumes.
-                    read_failure, complete = exc, False
+                    read_failure = exc
                     return
-                if out_of_time():
-                    complete = False
-                    return
-                scanned += 1
-                yield row.connection_id
 
+        scanned = stale = 0
         with dynamo_errors("cleanup_stale_connections"):
             if dry_run:
-                for _ in stale_ids():
-                    pass
+                stopped = False
+                for row in candidates():
+                    if out_of_time():
+                        stopped = True
+                        break
+                    scanned += 1
+                    # DISCONNECTED rows left in the index by other tools are not stale connections.
+                    stale += row.status == CONNECTED
                 outcome = None
             else:
-                outcome = self._write_all(stale_ids(), lambda cid: self._sweep_one(cid, cutoff))
+                # The deadline is checked by the writer once a write slot is free, right
+                # before the write would start (waiting for the slot takes time too).
+                outcome = self._write_all(
+                    (row.connection_id for row in candidates()),
+                    lambda cid: self._sweep_one(cid, cutoff),
+                    stop=out_of_time,
+                )
+                scanned = outcome.applied + outcome.skipped + outcome.failed + outcome.repaired
+                stopped = outcome.stopped
             if read_failure is not None and scanned == 0:
                 raise read_failure  # nothing done: a plain 503 says it best
+        complete = not stopped and read_failure is None
         if read_failure is not None:
             log.warning(
                 "sweep stopped early: reading stale rows failed after retries (%s); the next run resumes",
@@ -420,10 +419,11 @@ class ConnectionService:
         duration_ms = int((time.monotonic() - started) * 1000)
         failed = 0 if outcome is None else outcome.failed
         result = SweepResult(
-            cleaned=scanned if outcome is None else outcome.applied,
+            cleaned=stale if outcome is None else outcome.applied,
             scanned=scanned,
             skipped=0 if outcome is None else outcome.skipped,
             failed=failed,
+            repaired=0 if outcome is None else outcome.repaired,
             # Rows whose write failed are still stale: more remains for the next run.
             complete=complete and failed == 0,
             dry_run=dry_run,
@@ -446,12 +446,20 @@ class ConnectionService:
             raise (missing or NotFoundError(f"Connection '{connection_id}' does not exist")) from None
 
     def _active_rows(
-        self, attributes: list[str], range_key_condition: Any = None, page_size: int | None = None
+        self,
+        attributes: list[str],
+        range_key_condition: Any = None,
+        page_size: int | None = None,
+        filter_condition: Any = None,
     ) -> Iterable[ConnectionModel]:
         """Stream the sparse index shard by shard; one page in memory at a time."""
         for shard in range(ACTIVE_SHARDS):
             yield from ConnectionModel.active_index.query(
-                shard, range_key_condition=range_key_condition, attributes_to_get=attributes, page_size=page_size
+                shard,
+                range_key_condition=range_key_condition,
+                filter_condition=filter_condition,
+                attributes_to_get=attributes,
+                page_size=page_size,
             )
 
     def _conditional_update(self, row: ConnectionModel, actions: list[Any], condition: Any, operation: str) -> bool:
@@ -465,10 +473,11 @@ class ConnectionService:
                 return False
             raise
 
-    def _disconnect_actions(self, reason: DisconnectReason) -> list[Any]:
+    def _disconnect_actions(self, reason: DisconnectReason, write_id: str) -> list[Any]:
         now = self.clock()
         actions = [
             ConnectionModel.status.set(DISCONNECTED),
+            ConnectionModel.write_id.set(write_id),
             ConnectionModel.disconnect_reason.set(reason.value),
             ConnectionModel.disconnected_at.set(now),
             ConnectionModel.updated_at.set(now),
@@ -480,20 +489,46 @@ class ConnectionService:
         return actions
 
     def _disconnect_if_connected(self, connection_id: str, reason: DisconnectReason) -> ConnectionModel | None:
-        """One conditional write; the updated row, or None when it was not CONNECTED (or absent)."""
+        """One conditional write; the updated row, or None when it was not CONNECTED (or absent).
+
+        A retry of this very write whose first answer was lost counts as this write having
+        applied it (see :meth:`_update_or_current`).
+        """
         row = ConnectionModel(connection_id)
         condition = ConnectionModel.connection_id.exists() & (ConnectionModel.status == CONNECTED)
-        return row if self._conditional_update(row, self._disconnect_actions(reason), condition, "disconnect") else None
+        write_id = _new_write_id()
+        applied, current = self._update_or_current(
+            row, self._disconnect_actions(reason, write_id), condition, "disconnect"
+        )
+        if applied:
+            return row
+        return current if current is not None and current.write_id == write_id else None
 
     def _disconnect_outcome(self, connection_id: str, reason: DisconnectReason) -> str:
         return APPLIED if self._disconnect_if_connected(connection_id, reason) is not None else SKIPPED
 
     def _sweep_one(self, connection_id: str, cutoff: datetime) -> str:
+        """Mark one row stale if it still is; take a DISCONNECTED row met in the index out of it."""
         row = ConnectionModel(connection_id)
         condition = (ConnectionModel.status == CONNECTED) & (ConnectionModel.last_active_at < cutoff)
-        if self._conditional_update(row, self._disconnect_actions(DisconnectReason.STALE), condition, "sweep"):
+        write_id = _new_write_id()
+        applied, current = self._update_or_current(
+            row, self._disconnect_actions(DisconnectReason.STALE, write_id), condition, "sweep"
+        )
+        if applied or (current is not None and current.write_id == write_id):
             return APPLIED
-        return SKIPPED
+        if current is not None and current.status != CONNECTED and current.active_shard is not None:
+            return self._leave_index(connection_id)
+        return SKIPPED  # a heartbeat, another sweep or a disconnect got there first
+
+    def _leave_index(self, connection_id: str) -> str:
+        """Remove ``activeShard`` from a row that is not CONNECTED (another tool disconnected it
+        and left it), so listings, counts and later sweeps stop reading it. Conditional, so a
+        row revived in between keeps its place in the index."""
+        row = ConnectionModel(connection_id)
+        condition = ConnectionModel.active_shard.exists() & (ConnectionModel.status != CONNECTED)
+        actions = [ConnectionModel.active_shard.remove()]
+        return REPAIRED if self._conditional_update(row, actions, condition, "sweep repair") else SKIPPED
 
     def reindex(self) -> BulkOutcome:
         """Put CONNECTED rows written by other tools into the sparse index; a one-time migration.
@@ -525,11 +560,28 @@ class ConnectionService:
         condition = ConnectionModel.status == CONNECTED
         return APPLIED if self._conditional_update(row, actions, condition, "reindex") else SKIPPED
 
-    def _write_all(self, ids: Iterable[str], write: Callable[[str], str]) -> BulkOutcome:
-        with BoundedWriter(write, self.settings.sweep_concurrency) as writer:
+    def _update_or_current(
+        self, row: ConnectionModel, actions: list[Any], condition: Any, operation: str
+    ) -> tuple[bool, ConnectionModel | None]:
+        """Apply ``actions`` if ``condition`` holds: ``(True, None)``; else ``(False, the row as
+        stored)``, or ``(False, None)`` when it does not exist. DynamoDB returns the stored item
+        with the failed condition, so telling what happened costs no read."""
+        with dynamo_errors(operation):
+            applied, item = update_or_current(row, actions, condition)
+        return applied, (ConnectionModel.from_raw_data(item) if item is not None else None)
+
+    def _write_all(
+        self, ids: Iterable[str], write: Callable[[str], str], stop: Callable[[], bool] | None = None
+    ) -> BulkOutcome:
+        with BoundedWriter(write, self.settings.sweep_concurrency, stop=stop) as writer:
             for connection_id in ids:
-                writer.submit(connection_id)
+                if not writer.submit(connection_id):
+                    break
         return writer.outcome
+
+
+def _new_write_id() -> str:
+    return uuid.uuid4().hex
 
 
 def _check_start_key(key: dict[str, dict[str, Any]] | None, expected: dict[str, dict[str, str]]) -> None:

@@ -13,6 +13,7 @@ Two global secondary indexes serve the routine reads:
 """
 from __future__ import annotations
 
+import math
 import zlib
 from datetime import datetime, timezone
 from enum import StrEnum
@@ -25,7 +26,7 @@ from pynamodb.attributes import (
     TTLAttribute,
     UnicodeAttribute,
 )
-from pynamodb.constants import STRING
+from pynamodb.constants import NUMBER, STRING
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
 from pynamodb.models import Model
 
@@ -59,7 +60,7 @@ def format_timestamp(value: datetime) -> str:
 
 
 def parse_timestamp(value: str) -> datetime:
-    """Read our own format and the common variants other writers of the table use."""
+    """Read our own format and the common ISO-8601 variants other writers of the table use."""
     text = value.strip()
     if text.endswith("Z"):
         text = text[:-1] + "+00:00"
@@ -69,16 +70,71 @@ def parse_timestamp(value: str) -> datetime:
     return parsed.astimezone(timezone.utc)
 
 
+#: Epoch values above this are milliseconds, not seconds (1e11 seconds is the year 5138).
+_EPOCH_MILLIS_ABOVE = 1e11
+
+
+def read_timestamp(value: str) -> datetime | None:
+    """A stored timestamp in whatever form another tool sharing the table wrote it; None if unreadable.
+
+    ISO-8601 in its variants, or epoch seconds or milliseconds (a number, or digits in a
+    string). A row is read, never trusted: an unreadable value must not turn a whole
+    listing into an error, so it reads as unknown and the caller falls back.
+    """
+    if isinstance(value, str):
+        try:
+            return parse_timestamp(value)
+        except ValueError:
+            pass
+    try:
+        epoch = float(value)
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(epoch):
+        return None
+    if abs(epoch) > _EPOCH_MILLIS_ABOVE:
+        epoch /= 1000
+    try:
+        return datetime.fromtimestamp(epoch, tz=timezone.utc)
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
 class IsoTimestampAttribute(Attribute[datetime]):
-    """A datetime stored as an ISO-8601 ``Z`` string (PynamoDB's own uses ``+0000``)."""
+    """A datetime stored as an ISO-8601 ``Z`` string (PynamoDB's own uses ``+0000``).
+
+    Written only in our format; read leniently (see :func:`read_timestamp`): a number
+    (``N``) is accepted as epoch time, and a value of any other type or an unreadable
+    string reads as None instead of failing the whole row.
+    """
 
     attr_type = STRING
+
+    def get_value(self, value: dict[str, Any]) -> Any:
+        for type_name in (STRING, NUMBER):
+            if type_name in value:
+                return value[type_name]
+        return None
 
     def serialize(self, value: datetime) -> str:
         return format_timestamp(value)
 
-    def deserialize(self, value: str) -> datetime:
-        return parse_timestamp(value)
+    def deserialize(self, value: str) -> datetime | None:  # type: ignore[override]
+        return None if value is None else read_timestamp(value)
+
+
+class LenientTTLAttribute(TTLAttribute):
+    """The TTL attribute, read leniently: DynamoDB only honours a number, but another tool may
+    have stored a string; an unreadable value reads as None (no expiry known)."""
+
+    def get_value(self, value: dict[str, Any]) -> Any:
+        for type_name in (NUMBER, STRING):
+            if type_name in value:
+                return value[type_name]
+        return None
+
+    def deserialize(self, value: Any) -> datetime | None:  # type: ignore[override]
+        return None if value is None else read_timestamp(value)
 
 
 class UserIdIndex(GlobalSecondaryIndex["ConnectionModel"]):
@@ -123,8 +179,12 @@ class ConnectionModel(Model):
     disconnected_at = IsoTimestampAttribute(null=True, attr_name="disconnectedAt")
     disconnect_reason = UnicodeAttribute(null=True, attr_name="disconnectReason")
     metadata = MapAttribute[str, Any](null=True, attr_name="metadata")
-    expires_at = TTLAttribute(null=True, attr_name="expiresAt")
+    expires_at = LenientTTLAttribute(null=True, attr_name="expiresAt")
     active_shard = NumberAttribute(null=True, attr_name="activeShard")
+    #: Random id of the last disconnecting write, set by that write itself: when botocore
+    #: retries a write whose answer was lost and the retry fails its condition, finding its
+    #: own id here tells it the first attempt applied. Internal; never in a response.
+    write_id = UnicodeAttribute(null=True, attr_name="writeId")
 
     user_index = UserIdIndex()
     active_index = ActiveIndex()

@@ -129,7 +129,7 @@ def test_seed__writes_live_stale_and_history_rows(capsys, handler_service, servi
     assert len(items) == 32
     assert sum(item["status"] == "CONNECTED" for item in items) == 25
     assert all(("activeShard" in item) == (item["status"] == "CONNECTED") for item in items)
-    assert service.stats().stale == 5
+    assert service.stats().stale_connections == 5
     assert service.cleanup_stale_connections(dry_run=True).cleaned == 5
 
 

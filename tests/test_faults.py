@@ -115,6 +115,64 @@ def test_disconnect__answer_lost_after_write__200_and_disconnected(
     assert row["status"] == "DISCONNECTED" and "activeShard" not in row
 
 
+@pytest.mark.parametrize("mode", ["drop", "server_error"])
+def test_disconnect_user__answers_lost_after_write__every_connection_counted(
+    wired: ConnectionService, dynamo_proxy: DynamoProxy, moto: Any, mode: str
+) -> None:
+    # Given two live connections, and both disconnecting writes lose their answer once applied
+    assert register("c1")["statusCode"] == 201
+    assert register("c2")["statusCode"] == 201
+    dynamo_proxy.inject(mode, count=2, operations={"UpdateItem"}, phase="after")
+
+    # When the user is disconnected (botocore resends both; each resend fails its condition)
+    response = invoke("disconnect_user", userId="user-1")
+
+    # Then both count: the item DynamoDB returns with the failed condition is our own write
+    assert response == {"statusCode": 200, "body": {"disconnectedCount": 2}}
+    assert dynamo_proxy.snapshot()["forwarded_by_operation"]["UpdateItem"] == 4
+    assert dynamo_proxy.snapshot()["by_operation"].get("GetItem", 0) == 0  # and no extra read
+    for connection_id in ("c1", "c2"):
+        row = stored(moto, connection_id)
+        assert row["status"] == "DISCONNECTED" and row["disconnectReason"] == "admin"
+
+
+@pytest.mark.parametrize("mode", ["drop", "server_error"])
+def test_sweep__answers_lost_after_write__cleaned_count_exact(
+    wired: ConnectionService, dynamo_proxy: DynamoProxy, moto: Any, mode: str
+) -> None:
+    ids = _stale_rows(moto, 6)
+    dynamo_proxy.inject(mode, count=3, operations={"UpdateItem"}, phase="after")
+
+    response = invoke("cleanup_stale_connections")
+
+    body = response["body"]
+    assert response["statusCode"] == 200
+    assert (body["cleanedCount"], body["skippedCount"], body["failedCount"]) == (6, 0, 0)
+    assert dynamo_proxy.snapshot()["forwarded_by_operation"]["UpdateItem"] == 9
+    rows = stored_all(moto)
+    assert all(rows[cid]["status"] == "DISCONNECTED" and rows[cid]["disconnectReason"] == "stale" for cid in ids)
+
+
+def test_sweep__lost_answer_but_the_client_disconnected_first__not_counted(
+    wired: ConnectionService, dynamo_proxy: DynamoProxy, moto: Any
+) -> None:
+    # A failed condition whose item was written by someone else stays a skip.
+    [connection_id] = _stale_rows(moto, 1)
+    original = wired._sweep_one
+
+    def client_disconnects_first(cid: str, cutoff: Any) -> str:
+        assert lambda_handler(websocket_event("websocket_disconnect", cid), FakeLambdaContext())["statusCode"] == 200
+        return original(cid, cutoff)
+
+    wired._sweep_one = client_disconnects_first  # type: ignore[method-assign]
+    dynamo_proxy.inject("drop", count=1, operations={"UpdateItem"}, phase="after")  # the client's write
+
+    body = invoke("cleanup_stale_connections")["body"]
+
+    assert (body["cleanedCount"], body["skippedCount"]) == (0, 1)
+    assert stored(moto, connection_id)["disconnectReason"] == "client"
+
+
 def test_retries_exhausted__503_with_a_clear_message(wired: ConnectionService, dynamo_proxy: DynamoProxy) -> None:
     assert register("c1")["statusCode"] == 201
     dynamo_proxy.reset_counters()

@@ -7,11 +7,15 @@ scheduled run (hourly) reads the sparse index again and picks up exactly the row
 """
 from __future__ import annotations
 
+import threading
+from dataclasses import replace
 from datetime import timedelta
+from types import SimpleNamespace
 from typing import Any
 
+from connection_manager import bulk
 from connection_manager.handler import lambda_handler
-from connection_manager.service import new_connection_row
+from connection_manager.service import ConnectionService, new_connection_row
 from models.connection import ConnectionModel, shard_for
 from tests.support.events import FakeLambdaContext, load_event
 from tests.support.fixtures import *  # noqa: F401,F403
@@ -155,3 +159,61 @@ def test_raw_action__uses_the_context_deadline_too(handler_service, clock):
     assert response["statusCode"] == 200
     assert (response["body"]["cleanedCount"], response["body"]["complete"]) == (0, False)
     assert assert_no_half_written_rows() == (0, STALE)
+
+
+class SlotsThatAnnounceWaiting:
+    """The writer's slot semaphore, announcing (``waiting``) when a caller has to wait for a slot."""
+
+    def __init__(self, value: int, waiting: threading.Event) -> None:
+        self._inner = threading.BoundedSemaphore(value)
+        self.waiting = waiting
+
+    def acquire(self) -> bool:
+        if not self._inner.acquire(blocking=False):
+            self.waiting.set()
+            self._inner.acquire()
+        return True
+
+    def release(self) -> None:
+        self._inner.release()
+
+
+def test_deadline_passes_while_waiting_for_a_write_slot__no_new_write_starts(settings, clock, dynamodb, monkeypatch):
+    # Given one write slot, three stale rows, and a first write that holds the slot
+    seed_stale(clock, count=3, live=0)
+    service = ConnectionService(replace(settings, sweep_concurrency=1), clock)
+    margin = service.settings.sweep_time_margin_ms
+    left = [margin + 60_000]
+    waiting_for_slot = threading.Event()
+    monkeypatch.setattr(
+        bulk,
+        "threading",
+        SimpleNamespace(
+            BoundedSemaphore=lambda value: SlotsThatAnnounceWaiting(value, waiting_for_slot), Lock=threading.Lock
+        ),
+    )
+    first_may_finish = threading.Event()
+    original = service._sweep_one
+
+    def sweep_one(connection_id: str, cutoff: Any) -> str:
+        first_may_finish.wait(timeout=30)  # a guard against hanging, not a timing assumption
+        return original(connection_id, cutoff)
+
+    monkeypatch.setattr(service, "_sweep_one", sweep_one)
+
+    def deadline_passes_during_the_wait() -> None:
+        # The sweep holds its next row and waits for the slot: the Lambda's time runs out now.
+        waiting_for_slot.wait(timeout=30)
+        left[0] = margin - 1
+        first_may_finish.set()
+
+    helper = threading.Thread(target=deadline_passes_during_the_wait)
+    helper.start()
+
+    # When the sweep runs
+    result = service.cleanup_stale_connections(time_left_ms=lambda: left[0])
+    helper.join(timeout=30)
+
+    # Then only the write already in flight happened, and the run says more remains
+    assert (result.cleaned, result.scanned, result.complete) == (1, 1, False)
+    assert assert_no_half_written_rows() == (1, 2)
