@@ -21,7 +21,7 @@ import msgspec
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from connection_manager import schemas as s
-from connection_manager.auth import authorize_change, caller
+from connection_manager.auth import authorize_change, authorize_read, caller
 from connection_manager.errors import ConnectionManagerError, UnsupportedMediaTypeError, ValidationError
 from connection_manager.observability import audit
 from connection_manager.operations import OPERATIONS, Invocation, run_action
@@ -69,6 +69,8 @@ class Route:
     status: int = 200
     errors: tuple[int, ...] = ()
     description: str = ""
+    #: Open to anyone who reaches the server, even with ADMIN_TOKEN set (a load balancer's health check).
+    public: bool = False
 
     @property
     def mutates(self) -> bool:
@@ -90,7 +92,7 @@ class Route:
 API_ROUTES: tuple[Route, ...] = (
     Route(
         "GET", "/health", "health", "Is the table reachable?", "monitoring",
-        read=lambda svc: svc.health(), response=s.Health, errors=(503,),
+        read=lambda svc: svc.health(), response=s.Health, errors=(503,), public=True,
         description="200 when DescribeTable succeeds; 503 with an error body otherwise.",
     ),
     Route(
@@ -208,6 +210,8 @@ def _payload(route: Route, path: dict[str, str]) -> tuple[dict[str, Any], bool]:
 
 def _make_view(route: Route) -> Callable[..., Response | tuple[Response, int]]:
     def view(**path: str) -> Response | tuple[Response, int]:
+        if not route.mutates and not route.public:
+            authorize_read(request.environ, request.headers.get("Authorization"), current_service().settings.admin_token)
         if route.read is not None:
             if request.args:
                 raise ValidationError("Unknown query parameter(s): " + ", ".join(f"`{n}`" for n in request.args))

@@ -132,7 +132,7 @@ def _operation(route: Route, params: dict[str, Any]) -> dict[str, Any]:
     if route.response is not None:
         success["content"] = _json(route.response.__name__)
     responses: dict[str, Any] = {str(route.status): success}
-    always = {405, 500} | ({413} if route.body is not None else set())
+    always = {405, 500} | ({413} if route.body is not None else set()) | (set() if route.public else {401, 403})
     for code in sorted({*route.errors, *always}):
         responses[str(code)] = {"description": _ERRORS[code], "content": _json("ErrorBody")}
     operation["responses"] = responses

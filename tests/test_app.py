@@ -525,12 +525,6 @@ def test_auth__right_token_changes_state_as_token_holder(
     assert [(a["principal"], a["outcome"]) for a in audits()] == [("local:token-holder", "ok:200")]
 
 
-def test_auth__reads_stay_open_with_a_token_configured(token_client: FlaskClient, make_connection: Any) -> None:
-    make_connection("c1", user_id="u1")
-    assert token_client.get("/connections/c1").status_code == 200
-    assert token_client.get("/stats").status_code == 200
-
-
 def test_auth__cross_site_browser_request_is_refused(
     client: FlaskClient, make_connection: Any, audits: Audits
 ) -> None:
