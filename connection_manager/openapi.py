@@ -14,7 +14,7 @@ from typing import Any, Iterable
 import msgspec
 
 from connection_manager import schemas as s
-from connection_manager.api import API_ROUTES, PAGE_ROUTES, PageRoute, Route
+from connection_manager.api import API_ROUTES, PAGE_ROUTES, RESERVED_CONNECTION_IDS, PageRoute, Route
 from connection_manager.operations import OPERATIONS
 
 REF = "#/components/schemas/{name}"
@@ -101,6 +101,9 @@ def _parameters(route: Route, params: dict[str, Any]) -> list[dict[str, Any]]:
     action_fields = params.get(OPERATIONS[route.action].schema.__name__, {}) if route.action else {}
     for name in route.path_params:
         schema = _without_null(copy.deepcopy(action_fields.get(name, {"type": "string", "minLength": 1})))
+        if name == "connectionId" and RESERVED_CONNECTION_IDS:
+            # A fixed path such as /connections/cleanup wins over the template (OpenAPI's rule too).
+            schema["not"] = {"enum": sorted(RESERVED_CONNECTION_IDS)}
         out.append({"name": name, "in": "path", "required": True, "schema": schema,
                     "description": schema.pop("description", f"The {name}.")})
     if route.query is not None:

@@ -456,10 +456,11 @@ def test_routing__wrong_method_is_json_405_with_allow(client: FlaskClient) -> No
     assert {"GET", "PATCH"} <= set(response.headers["Allow"].replace(" ", "").split(","))
 
 
-def test_routing__get_on_cleanup_is_a_connection_lookup_not_a_sweep(client: FlaskClient, make_connection: Any) -> None:
+def test_routing__get_on_cleanup__405_not_a_sweep(client: FlaskClient, make_connection: Any) -> None:
+    # The fixed path wins over /connections/{connectionId}, as OpenAPI matches paths
     make_connection("stale", user_id="u2", idle=timedelta(hours=2))
     response = client.get("/connections/cleanup")
-    assert response.status_code == 404
+    assert response.status_code == 405 and "POST" in response.headers["Allow"] and "GET" not in response.headers["Allow"]
     assert raw_item("stale")["status"] == "CONNECTED"
 
 
