@@ -41,9 +41,10 @@ the same status code. Every error is `{"error": "<Code>", "message": "<what was 
 **Access.** Deployed behind API Gateway, the API is IAM-authorized: sign requests with
 AWS Signature Version 4 (`execute-api`); the caller's IAM ARN is recorded as the principal.
 Run elsewhere, the server listens on loopback by default; when `ADMIN_TOKEN` is set, every
-PATCH and POST needs `Authorization: Bearer <token>` (401 when missing, 403 when wrong),
-while reads stay open. Every state-changing request writes one audit log line: principal,
-action, target and outcome.
+API request but `/health`, reads included, needs `Authorization: Bearer <token>` (401 when
+missing, 403 when wrong); the pages (dashboard, docs, this document) hold no data and stay
+open. Every state-changing request writes one audit log line: principal, action, target
+and outcome.
 """
 
 _SECURITY_SCHEMES = {
@@ -58,7 +59,8 @@ _SECURITY_SCHEMES = {
     "adminToken": {
         "type": "http",
         "scheme": "bearer",
-        "description": "Local: the value of `ADMIN_TOKEN`, required on PATCH and POST when the setting is present.",
+        "description": "Local: the value of `ADMIN_TOKEN`, required on every API request but `/health` "
+        "when the setting is present.",
     },
 }
 
