@@ -19,9 +19,11 @@ from typing import Any, Callable
 
 import msgspec
 from flask import Blueprint, Response, current_app, jsonify, request
+from werkzeug.routing import BaseConverter
+from werkzeug.routing import ValidationError as NoMatch
 
 from connection_manager import schemas as s
-from connection_manager.auth import authorize_change, caller
+from connection_manager.auth import authorize_change, authorize_read, caller
 from connection_manager.errors import ConnectionManagerError, UnsupportedMediaTypeError, ValidationError
 from connection_manager.observability import audit
 from connection_manager.operations import OPERATIONS, Invocation, run_action
@@ -69,6 +71,8 @@ class Route:
     status: int = 200
     errors: tuple[int, ...] = ()
     description: str = ""
+    #: Open to anyone who reaches the server, even with ADMIN_TOKEN set (a load balancer's health check).
+    public: bool = False
 
     @property
     def mutates(self) -> bool:
@@ -90,7 +94,7 @@ class Route:
 API_ROUTES: tuple[Route, ...] = (
     Route(
         "GET", "/health", "health", "Is the table reachable?", "monitoring",
-        read=lambda svc: svc.health(), response=s.Health, errors=(503,),
+        read=lambda svc: svc.health(), response=s.Health, errors=(503,), public=True,
         description="200 when DescribeTable succeeds; 503 with an error body otherwise.",
     ),
     Route(
@@ -111,28 +115,61 @@ API_ROUTES: tuple[Route, ...] = (
         "`complete` is false when the run stopped early to stay within its time budget.",
     ),
     Route(
-        "GET", "/connections/<connectionId>", "get_connection", OPERATIONS["get_connection"].summary,
+        "GET", "/connections/<connectionkey:connectionId>", "get_connection", OPERATIONS["get_connection"].summary,
         "connections", action="get_connection", response=s.ConnectionEnvelope, errors=(400, 404, 503),
     ),
     Route(
-        "PATCH", "/connections/<connectionId>", "update_connection_status",
+        "PATCH", "/connections/<connectionkey:connectionId>", "update_connection_status",
         OPERATIONS["update_connection_status"].summary, "connections",
         action="update_connection_status", body=s.StatusChange, body_required=True,
         response=s.ConnectionEnvelope, errors=(400, 401, 403, 404, 415, 503),
         description="DISCONNECTED records reason `admin`. Setting the status a connection already has changes nothing.",
     ),
     Route(
-        "GET", "/users/<userId>/connections", "get_user_connections",
+        "GET", "/users/<key:userId>/connections", "get_user_connections",
         OPERATIONS["get_user_connections"].summary, "users",
         action="get_user_connections", query=s.Page, response=s.ConnectionList, errors=(400, 503),
     ),
     Route(
-        "POST", "/users/<userId>/disconnect", "disconnect_user", OPERATIONS["disconnect_user"].summary, "users",
+        "POST", "/users/<key:userId>/disconnect", "disconnect_user", OPERATIONS["disconnect_user"].summary, "users",
         action="disconnect_user", body=s.NoParams, response=s.DisconnectResult,
         errors=(400, 401, 403, 415, 503),
         description="Takes no body (an empty JSON object is accepted too).",
     ),
 )
+
+
+#: Last segments of the fixed paths under /connections/: as in OpenAPI, a fixed path wins over
+#: `/connections/{connectionId}`, so these are never read as connection ids over HTTP.
+RESERVED_CONNECTION_IDS = frozenset(
+    route.rule.rsplit("/", 1)[1] for route in API_ROUTES if route.rule.startswith("/connections/") and "<" not in route.rule
+)
+
+
+class KeyConverter(BaseConverter):
+    """A path parameter holding any characters, ``/`` included.
+
+    Ids arrive percent-encoded (API Gateway's are base64: ``/``, ``+``, ``=``), but both
+    werkzeug and Zappa decode the path before routing, so ``a%2Fb`` is ``a/b`` by then.
+    The parameter therefore takes everything up to the rule's next fixed part.
+    """
+
+    regex = ".+?"
+    part_isolating = False
+    weight = 200
+
+
+class ConnectionKeyConverter(KeyConverter):
+    """A connection id; the fixed paths beside it (``cleanup``) are not ids."""
+
+    def to_python(self, value: str) -> str:
+        if value in RESERVED_CONNECTION_IDS:
+            raise NoMatch()
+        return value
+
+
+#: Registered on the app's URL map (blueprints cannot register converters).
+CONVERTERS: dict[str, type[BaseConverter]] = {"key": KeyConverter, "connectionkey": ConnectionKeyConverter}
 
 
 @dataclass(frozen=True)
@@ -208,6 +245,8 @@ def _payload(route: Route, path: dict[str, str]) -> tuple[dict[str, Any], bool]:
 
 def _make_view(route: Route) -> Callable[..., Response | tuple[Response, int]]:
     def view(**path: str) -> Response | tuple[Response, int]:
+        if not route.mutates and not route.public:
+            authorize_read(request.environ, request.headers.get("Authorization"), current_service().settings.admin_token)
         if route.read is not None:
             if request.args:
                 raise ValidationError("Unknown query parameter(s): " + ", ".join(f"`{n}`" for n in request.args))
@@ -267,5 +306,8 @@ def create_blueprint() -> Blueprint:
     """A blueprint with every route of :data:`API_ROUTES`."""
     blueprint = Blueprint("api", __name__)
     for route in API_ROUTES:
-        blueprint.add_url_rule(route.rule, route.endpoint, _make_view(route), methods=[route.method])
+        # An id may start with or hold "//": merging slashes would redirect to another id.
+        blueprint.add_url_rule(
+            route.rule, route.endpoint, _make_view(route), methods=[route.method], merge_slashes=False
+        )
     return blueprint

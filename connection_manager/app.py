@@ -13,8 +13,8 @@ from typing import Any, Callable
 from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
-from connection_manager.api import EXTENSION, PAGE_ROUTES, ServiceHolder, create_blueprint
-from connection_manager.auth import gateway_event
+from connection_manager.api import CONVERTERS, EXTENSION, PAGE_ROUTES, ServiceHolder, create_blueprint
+from connection_manager.auth import gateway_event, refuse_foreign_host
 from connection_manager.errors import ConnectionManagerError, InternalError
 from connection_manager.observability import record_error
 from connection_manager.openapi import build_document, document_for
@@ -61,11 +61,20 @@ def create_app(
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the contract's field order
     app.extensions[EXTENSION] = ServiceHolder(service, service_factory or _default_service)
     app.extensions["openapi"] = build_document()
+    app.url_map.converters.update(CONVERTERS)
     app.register_blueprint(create_blueprint())
     app.register_blueprint(_pages_blueprint())
     _register_error_handlers(app)
+    app.before_request(_check_host)
     app.after_request(_headers)
     return app
+
+
+def _check_host() -> None:
+    """``ALLOWED_HOSTS`` (set by the server on a loopback bind): the only Host names served."""
+    allowed = current_app.config.get("ALLOWED_HOSTS")
+    if allowed:
+        refuse_foreign_host(request.headers.get("Host"), tuple(allowed))
 
 
 # Pages -----------------------------------------------------------------------------------

@@ -12,11 +12,13 @@ Two deployments, two authorities:
   event *without* a caller identity means the API is not IAM-authorized; state changes
   are then refused (fail closed) unless an admin token is configured and presented.
 * **Anywhere else (a laptop, a container).** The server binds to loopback by default.
-  When ``ADMIN_TOKEN`` is set, PATCH and POST requests need ``Authorization: Bearer
-  <token>`` (compared in constant time): a missing token is 401, a wrong one 403. Reads
-  stay open, as they reveal nothing the operator of the machine cannot already see.
-  A change a browser sends with an ``Origin`` of another site is refused (403), so a
-  web page cannot use the operator's browser to POST to the loopback server.
+  When ``ADMIN_TOKEN`` is set, every API request but ``/health`` needs ``Authorization:
+  Bearer <token>`` (compared in constant time), reads included: connection ids, source
+  IPs and user agents are not for whoever reaches the port. A missing token is 401, a
+  wrong one 403. The pages (dashboard, docs, this API's document) carry no data and stay
+  open: the dashboard is how a browser asks for the token and sends it. A change a
+  browser sends with an ``Origin`` of another site is refused (403), so a web page
+  cannot use the operator's browser to POST to the loopback server.
 
 This module knows WSGI environs and headers, not Flask, so it is testable on its own.
 """
@@ -26,7 +28,7 @@ import hmac
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
-from connection_manager.errors import ForbiddenError, UnauthorizedError
+from connection_manager.errors import ForbiddenError, UnauthorizedError, ValidationError
 
 #: Where Zappa (``lambda.event``) and serverless-wsgi (``serverless.event``) put the API Gateway event.
 EVENT_KEYS = ("lambda.event", "serverless.event")
@@ -134,6 +136,36 @@ def authorize_change(
     return _check_token(authorization, admin_token, LOCAL_TOKEN_HOLDER)
 
 
+def authorize_read(environ: Mapping[str, Any], authorization: str | None, admin_token: str | None) -> str:
+    """Return the principal allowed to read connection data, or raise 401/403.
+
+    Behind API Gateway, IAM authorization has already admitted the caller (a read needs
+    no caller identity: API Gateway refuses unsigned requests before they get here).
+    """
+    event = gateway_event(environ)
+    if event is not None:
+        arn = iam_identity(event)
+        return f"iam:{arn}" if arn else "iam:unknown"
+    if not admin_token:
+        return LOCAL_OPERATOR
+    return _check_token(authorization, admin_token, LOCAL_TOKEN_HOLDER)
+
+
+def refuse_foreign_host(host: str | None, allowed: tuple[str, ...]) -> None:
+    """Refuse a request whose Host is not one of ``allowed`` (DNS rebinding).
+
+    A page on another site can rebind its own name to 127.0.0.1 or ::1 and then read and
+    change this server as a same-origin page; its requests still carry that site's name
+    in Host. Bracketed IPv6 hosts (``[::1]:8080``) are parsed too.
+    """
+    try:
+        name = urlsplit("//" + (host or "")).hostname
+    except ValueError:
+        name = None
+    if name is None or name not in allowed:
+        raise ValidationError(f"Host {host!r} is not a name of this server")
+
+
 def refuse_cross_site(origin: str | None, host: str | None) -> None:
     """Refuse a change a browser sends on behalf of another site.
 
@@ -150,7 +182,7 @@ def refuse_cross_site(origin: str | None, host: str | None) -> None:
 def _check_token(authorization: str | None, admin_token: str, principal: str) -> str:
     presented = bearer_token(authorization)
     if presented is None:
-        raise UnauthorizedError("This change needs `Authorization: Bearer <admin token>`")
+        raise UnauthorizedError("This request needs `Authorization: Bearer <admin token>`")
     if not token_matches(presented, admin_token):
         raise ForbiddenError("The admin token is not valid")
     return principal

@@ -6,12 +6,24 @@ of surfacing as a stack trace in the middle of some later request.
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass, field
 from typing import Mapping
 
 from connection_manager.errors import ConfigurationError
 
 DEFAULT_TABLE_NAME = "connections"
+#: Shorter pagination secrets can be guessed offline from one token.
+MIN_TOKEN_SECRET_CHARS = 16
+
+#: Signs pagination tokens when ``PAGINATION_TOKEN_SECRET`` is unset outside Lambda. One
+#: process (the local server, one CLI command) issues and accepts its own tokens, and no
+#: one else can know the secret; a restart only invalidates tokens of pages in flight.
+_PROCESS_TOKEN_SECRET = secrets.token_urlsafe(32)
+
+
+def process_token_secret() -> str:
+    return _PROCESS_TOKEN_SECRET
 
 
 @dataclass(frozen=True)
@@ -70,6 +82,17 @@ class Settings:
         margin = integer("SWEEP_TIME_MARGIN_MS", 40_000, 0, 600_000)
         page = integer("DEFAULT_PAGE_SIZE", 100, 1, 1000)
 
+        token_secret = env.get("PAGINATION_TOKEN_SECRET", "").strip()
+        if not token_secret and in_lambda:
+            # Lambda containers come and go: a per-process secret would break every token
+            # served by another container, and a derived one can be forged by anyone.
+            problems.append(
+                "PAGINATION_TOKEN_SECRET is required when running in AWS Lambda: a random value of at least "
+                f"{MIN_TOKEN_SECRET_CHARS} characters, its own for each stage (see the README, 'Pagination secret')"
+            )
+        elif token_secret and len(token_secret) < MIN_TOKEN_SECRET_CHARS:
+            problems.append(f"PAGINATION_TOKEN_SECRET must be at least {MIN_TOKEN_SECRET_CHARS} characters long")
+
         region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None
         if region is None and env.get("AWS_ENDPOINT_URL_DYNAMODB"):
             # A local DynamoDB-compatible server ignores the region, but botocore insists on one.
@@ -86,7 +109,7 @@ class Settings:
             sweep_concurrency=concurrency,
             sweep_time_margin_ms=margin,
             default_page_size=page,
-            token_secret=env.get("PAGINATION_TOKEN_SECRET") or None,
+            token_secret=token_secret or None,
             admin_token=env.get("ADMIN_TOKEN") or None,
             in_lambda=in_lambda,
         )

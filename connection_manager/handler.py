@@ -1,8 +1,9 @@
 """The Lambda entry point: raw actions, the hourly schedule and API Gateway WebSocket events.
 
-Everything it does not own (API Gateway HTTP requests for the Flask admin app, Zappa's
-management commands) goes on to Zappa's own handler, imported only then, so a raw or
-scheduled invocation never pays for Flask.
+HTTP requests for the Flask admin app and Zappa's management commands go on to Zappa's
+own handler, imported only then, so a raw or scheduled invocation never pays for Flask.
+Other services' events (S3, SQS, SNS, streams, CloudWatch Logs...) are refused with a
+400 that names the sender, logged and counted (see :mod:`connection_manager.event_sources`).
 """
 from __future__ import annotations
 
@@ -19,11 +20,13 @@ from models.connection import DisconnectReason  # isort: skip
 
 from connection_manager.config import Settings
 from connection_manager.errors import ConnectionManagerError, InternalError, ValidationError
+from connection_manager.event_sources import belongs_to_zappa, foreign_source
 from connection_manager.observability import (
     audit,
     metrics_enabled,
     record_active_connections,
     record_error,
+    record_unrecognized_event,
     set_request_id,
     setup_logging,
 )
@@ -35,8 +38,6 @@ log = logging.getLogger(__name__)
 
 _service: ConnectionService | None = None
 
-#: Top-level keys of events that belong to Zappa's handler (HTTP requests, management commands).
-_ZAPPA_KEYS = ("httpMethod", "command", "raw_command", "manage", "Records", "awslogs")
 #: Keys of an action event that are addressing, not parameters.
 _ENVELOPE_KEYS = frozenset({"action", "command"})
 
@@ -71,8 +72,10 @@ def lambda_handler(event: Any, context: Any = None) -> Any:
     try:
         if isinstance(event, dict) and _is_websocket(event):
             return _websocket(event)
-        if isinstance(event, dict) and "action" not in event and _belongs_to_zappa(event):
-            return _delegate(event, context)
+        if isinstance(event, dict) and "action" not in event:
+            _refuse_foreign(event)
+            if _belongs_to_zappa(event):
+                return _delegate(event, context)
         status, body = _dispatch(event, context)
     except ConnectionManagerError as exc:
         status, body = exc.status, exc.to_body()
@@ -202,14 +205,34 @@ def _websocket_metadata(request: dict[str, Any]) -> dict[str, Any]:
 # Everything else -----------------------------------------------------------------------------
 
 
-def _belongs_to_zappa(event: dict[str, Any]) -> bool:
-    request = event.get("requestContext")
-    return any(key in event for key in _ZAPPA_KEYS) or (
-        isinstance(request, dict) and ("http" in request or "elb" in request)
+def _refuse_foreign(event: dict[str, Any]) -> None:
+    """Another service's event is a misrouted trigger: a 400 naming it, a log line and a metric.
+
+    Answering (rather than raising inside Lambda) keeps the event from being retried
+    forever; the metric is what an alarm watches.
+    """
+    source = foreign_source(event)
+    if source is None:
+        return
+    record_unrecognized_event(source)
+    log.warning("refused an event from %s (top-level keys: %s)", source, ", ".join(sorted(map(str, event))[:10]))
+    raise ValidationError(
+        f"Unrecognized event: this function does not process events from {source}. It serves raw actions "
+        "(an object with an `action`), its hourly schedule, API Gateway WebSocket and HTTP requests and "
+        "Zappa commands; remove the trigger that sends these events here"
     )
+
+
+def _belongs_to_zappa(event: dict[str, Any]) -> bool:
+    return belongs_to_zappa(event)
 
 
 def _delegate(event: dict[str, Any], context: Any) -> Any:
     from connection_manager import zappa_bridge
 
-    return zappa_bridge.delegate(event, context)
+    answer = zappa_bridge.delegate(event, context)
+    if answer is None:
+        # `zappa invoke --raw` and commands whose function returns nothing: Lambda would
+        # show `null`, which looks like a lost answer.
+        return {"statusCode": 200, "body": {"message": "Zappa command completed"}}
+    return answer

@@ -220,3 +220,8 @@ def record_active_connections(count: int) -> None:
 
 def record_error(code: str) -> None:
     emit_metrics({"Errors": (1, "Count")}, {"code": code})
+
+
+def record_unrecognized_event(source: str) -> None:
+    """Another service's event reached the function: a misconfigured trigger somebody must remove."""
+    emit_metrics({"UnrecognizedEvents": (1, "Count")}, {"source": source})

@@ -14,7 +14,7 @@ from typing import Any, Iterable
 import msgspec
 
 from connection_manager import schemas as s
-from connection_manager.api import API_ROUTES, PAGE_ROUTES, PageRoute, Route
+from connection_manager.api import API_ROUTES, PAGE_ROUTES, RESERVED_CONNECTION_IDS, PageRoute, Route
 from connection_manager.operations import OPERATIONS
 
 REF = "#/components/schemas/{name}"
@@ -41,9 +41,10 @@ the same status code. Every error is `{"error": "<Code>", "message": "<what was 
 **Access.** Deployed behind API Gateway, the API is IAM-authorized: sign requests with
 AWS Signature Version 4 (`execute-api`); the caller's IAM ARN is recorded as the principal.
 Run elsewhere, the server listens on loopback by default; when `ADMIN_TOKEN` is set, every
-PATCH and POST needs `Authorization: Bearer <token>` (401 when missing, 403 when wrong),
-while reads stay open. Every state-changing request writes one audit log line: principal,
-action, target and outcome.
+API request but `/health`, reads included, needs `Authorization: Bearer <token>` (401 when
+missing, 403 when wrong); the pages (dashboard, docs, this document) hold no data and stay
+open. Every state-changing request writes one audit log line: principal, action, target
+and outcome.
 """
 
 _SECURITY_SCHEMES = {
@@ -58,7 +59,8 @@ _SECURITY_SCHEMES = {
     "adminToken": {
         "type": "http",
         "scheme": "bearer",
-        "description": "Local: the value of `ADMIN_TOKEN`, required on PATCH and POST when the setting is present.",
+        "description": "Local: the value of `ADMIN_TOKEN`, required on every API request but `/health` "
+        "when the setting is present.",
     },
 }
 
@@ -101,6 +103,9 @@ def _parameters(route: Route, params: dict[str, Any]) -> list[dict[str, Any]]:
     action_fields = params.get(OPERATIONS[route.action].schema.__name__, {}) if route.action else {}
     for name in route.path_params:
         schema = _without_null(copy.deepcopy(action_fields.get(name, {"type": "string", "minLength": 1})))
+        if name == "connectionId" and RESERVED_CONNECTION_IDS:
+            # A fixed path such as /connections/cleanup wins over the template (OpenAPI's rule too).
+            schema["not"] = {"enum": sorted(RESERVED_CONNECTION_IDS)}
         out.append({"name": name, "in": "path", "required": True, "schema": schema,
                     "description": schema.pop("description", f"The {name}.")})
     if route.query is not None:
@@ -132,7 +137,7 @@ def _operation(route: Route, params: dict[str, Any]) -> dict[str, Any]:
     if route.response is not None:
         success["content"] = _json(route.response.__name__)
     responses: dict[str, Any] = {str(route.status): success}
-    always = {405, 500} | ({413} if route.body is not None else set())
+    always = {405, 500} | ({413} if route.body is not None else set()) | (set() if route.public else {401, 403})
     for code in sorted({*route.errors, *always}):
         responses[str(code)] = {"description": _ERRORS[code], "content": _json("ErrorBody")}
     operation["responses"] = responses

@@ -179,24 +179,29 @@ def _stop_on_signals() -> Iterator[None]:
             signal.signal(number, handler)
 
 
-def _run(host: str, port: int, settings: Settings) -> int:
-    from werkzeug.serving import make_server
-
+def build_app(host: str, settings: Settings) -> Any:
+    """The admin app as served on ``host``: a loopback bind answers only to loopback names."""
     from connection_manager.app import create_app
 
     config: dict[str, Any] = {}
     if is_loopback(host):
-        if ":" not in host:  # werkzeug cannot match a bracketed IPv6 Host header against the list
-            # Only names that mean this machine: a page on another site that rebinds its DNS
-            # name to 127.0.0.1 then gets a 400 instead of a same-origin view of the API.
-            config["TRUSTED_HOSTS"] = list(_LOOPBACK_NAMES)
+        # Only names that mean this machine: a page on another site that rebinds its DNS
+        # name to 127.0.0.1 or ::1 then gets a 400 instead of a same-origin view of the API.
+        # The app checks it (werkzeug's TRUSTED_HOSTS cannot parse a bracketed IPv6 Host).
+        config["ALLOWED_HOSTS"] = _LOOPBACK_NAMES
     elif not settings.admin_token:
         print(
-            f"warning: listening on {host} without ADMIN_TOKEN: anyone who can reach this port can change state",
+            f"warning: listening on {host} without ADMIN_TOKEN: anyone who can reach this port can read and change state",
             file=sys.stderr,
             flush=True,
         )
-    app = create_app(config=config)
+    return create_app(config=config)
+
+
+def _run(host: str, port: int, settings: Settings) -> int:
+    from werkzeug.serving import make_server
+
+    app = build_app(host, settings)
     try:
         server = make_server(host, port, app, threaded=True, request_handler=AccessLogHandler)
     except OSError as exc:
@@ -204,7 +209,7 @@ def _run(host: str, port: int, settings: Settings) -> int:
         return 1
     print(f"Connection Manager admin: {display_url(host, server.server_port)}", flush=True)
     if settings.admin_token:
-        print("changes (PATCH/POST) need: Authorization: Bearer $ADMIN_TOKEN", flush=True)
+        print("every request but /health needs: Authorization: Bearer $ADMIN_TOKEN", flush=True)
 
     try:
         server.serve_forever()  # returns on Ctrl-C (werkzeug catches the KeyboardInterrupt)

@@ -130,7 +130,9 @@ class ConnectionService:
     def _tokens(self) -> TokenCodec:
         from connection_manager.tokens import TokenCodec
 
-        return TokenCodec(self.settings.token_secret or f"connection-manager/{self.settings.table_name}")
+        from connection_manager.config import process_token_secret
+
+        return TokenCodec(self.settings.token_secret or process_token_secret())
 
     # Table ------------------------------------------------------------------------------
 
@@ -588,8 +590,8 @@ def _check_start_key(key: dict[str, dict[str, Any]] | None, expected: dict[str, 
     """A token's key must lie in the partition the listing queries.
 
     DynamoDB rejects an ``ExclusiveStartKey`` from another partition with a
-    ValidationException (a 500 here), and the signature alone cannot rule one out: the
-    default signing secret is derived from the table name.
+    ValidationException (a 500 here), and the signature alone cannot rule one out:
+    whoever holds the signing secret can sign any key.
     """
     if key is not None and any(key.get(name) != value for name, value in expected.items()):
         raise ValidationError("`nextToken` is not a token issued by this service for this listing")

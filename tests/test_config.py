@@ -55,7 +55,7 @@ def test_from_env__local_endpoint_without_region_gets_one():
 
 
 def test_from_env__secrets_stay_out_of_repr():
-    settings = Settings.from_env({"ADMIN_TOKEN": "hunter2-admin", "PAGINATION_TOKEN_SECRET": "hunter2-pages"})
+    settings = Settings.from_env({"ADMIN_TOKEN": "hunter2-admin", "PAGINATION_TOKEN_SECRET": "hunter2-pages-signing-secret"})
     assert "hunter2" not in repr(settings)
 
 
@@ -101,8 +101,45 @@ def test_from_env__blank_table_name_in_lambda_is_missing():
 
 
 def test_from_env__table_name_given_in_lambda():
-    settings = Settings.from_env({"AWS_LAMBDA_FUNCTION_NAME": "fn", "CONNECTIONS_TABLE_NAME": "t"})
-    assert (settings.table_name, settings.in_lambda) == ("t", True)
+    settings = Settings.from_env(
+        {"AWS_LAMBDA_FUNCTION_NAME": "fn", "CONNECTIONS_TABLE_NAME": "t", "PAGINATION_TOKEN_SECRET": LAMBDA_SECRET}
+    )
+    assert (settings.table_name, settings.in_lambda, settings.token_secret) == ("t", True, LAMBDA_SECRET)
+
+
+LAMBDA_SECRET = "per-stage-random-secret-0123456789"
+
+
+def test_from_env__pagination_secret_required_in_lambda():
+    # Given a deployed function without its own pagination secret
+    with pytest.raises(ConfigurationError) as raised:
+        Settings.from_env({"AWS_LAMBDA_FUNCTION_NAME": "fn", "CONNECTIONS_TABLE_NAME": "t"})
+
+    # Then it refuses to start, naming the setting (no secret anyone could derive)
+    assert "PAGINATION_TOKEN_SECRET is required" in raised.value.message
+
+
+def test_from_env__short_pagination_secret_refused():
+    with pytest.raises(ConfigurationError) as raised:
+        Settings.from_env({"PAGINATION_TOKEN_SECRET": "short"})
+    assert "at least 16 characters" in raised.value.message
+
+
+def test_tokens__default_secret_outside_lambda__not_derivable_from_the_table_name(service):
+    # Given a service without PAGINATION_TOKEN_SECRET (a laptop, the CLI)
+    from connection_manager.tokens import Cursor, TokenCodec
+
+    assert service.settings.token_secret is None
+    cursor = Cursor(0, {"connectionId": {"S": "a0"}})
+
+    # When someone signs a token with what the table name gives away
+    forged = TokenCodec(f"connection-manager/{service.settings.table_name}").encode("all", cursor)
+
+    # Then this process does not accept it; its own tokens still work
+    assert forged != service._tokens.encode("all", cursor)
+    with pytest.raises(Exception) as refused:
+        service._tokens.decode(forged, "all", shards=1, key_names=frozenset({"connectionId"}))
+    assert getattr(refused.value, "status", None) == 400
 
 
 def test_from_env__every_problem_in_one_message():

@@ -17,6 +17,7 @@ import sys
 import sysconfig
 import time
 import zipfile
+from urllib.parse import quote
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -221,6 +222,8 @@ def run_in_package(package: dict[str, Any], tmp_path: Path, events: list[Any], e
     env = offline_env(
         AWS_LAMBDA_FUNCTION_NAME=FUNCTION_NAME,
         AWS_ENDPOINT_URL_DYNAMODB=endpoint,
+        # Set on the function after the first deploy, never in the committed settings (README).
+        PAGINATION_TOKEN_SECRET="package-test-pagination-secret",
         **stage_setting(STAGE, "aws_environment_variables"),
     )
     env.pop("VIRTUAL_ENV")
@@ -334,6 +337,63 @@ def test_package__serves_every_event_shape(package: dict[str, Any], dynamo_proxy
     used = {f"dynamodb:{operation}" for operation in dynamo_proxy.snapshot()["by_operation"]}
     assert used, "the proxy saw no DynamoDB traffic"
     assert used <= policy_actions(STAGE), sorted(used - policy_actions(STAGE))
+
+
+#: Public sample events of services this function does not serve (tests/events/aws/README.md).
+FOREIGN_EVENTS = ["powertools_s3", "lambda_go_sqs", "powertools_sns", "powertools_dynamodb_stream", "lambda_go_kinesis",
+                  "powertools_cloudwatch_logs", "sam_cloudwatch_logs", "powertools_ses", "powertools_kafka_msk",
+                  "powertools_apigateway_authorizer_request", "powertools_cognito_pre_signup", "powertools_eventbridge"]
+#: HTTP requests of the other API kinds, from the same samples: Zappa hands them to the app.
+HTTP_EVENTS = ["powertools_http_api_v2", "lambda_go_http_api_v2_iam", "powertools_function_url", "powertools_alb",
+               "lambda_go_alb"]
+
+
+@pytest.mark.integration
+def test_package__other_services_events__400_never_null(
+    package: dict[str, Any], dynamo_proxy: DynamoProxy, tmp_path: Path
+) -> None:
+    # Given the stage's table
+    cli("create-table", endpoint=dynamo_proxy.url)
+
+    # When other services' events and HTTP requests of every API kind reach the packaged handler
+    events = [load_event(f"aws/{name}") for name in FOREIGN_EVENTS + HTTP_EVENTS] + [{"raw_command": "x = 1"}]
+    report = run_in_package(package, tmp_path, events, dynamo_proxy.url)
+    answers = [outcome["ok"] for outcome in report["results"]]
+
+    # Then each foreign event gets a 400 naming its service, and is counted (an EMF record on stdout)
+    for name, answer in zip(FOREIGN_EVENTS, answers):
+        assert isinstance(answer, dict) and answer["statusCode"] == 400, (name, answer)
+        assert answer["body"]["error"] == "ValidationError" and "does not process events from" in answer["body"]["message"]
+    assert report["stdout"].count('"UnrecognizedEvents"') >= len(FOREIGN_EVENTS)
+    # And HTTP requests reach the Flask app (the samples' paths: the dashboard at "/", else a JSON 404)
+    for name, answer in zip(HTTP_EVENTS, answers[len(FOREIGN_EVENTS):]):
+        assert isinstance(answer, dict) and answer["statusCode"] in (200, 404), (name, answer)
+    # And a raw Zappa command answers something, not null
+    assert answers[-1] == {"statusCode": 200, "body": {"message": "Zappa command completed"}}
+
+
+@pytest.mark.integration
+def test_package__percent_encoded_ids_in_paths__reach_the_connection(
+    package: dict[str, Any], dynamo_proxy: DynamoProxy, tmp_path: Path
+) -> None:
+    # Given connections whose ids hold "/", "+" and "=" (API Gateway's ids are base64)
+    cli("create-table", endpoint=dynamo_proxy.url)
+    ids = ["a/b", "L0SM9cOF+vHcC/hw=", "/lead", "two//slashes"]
+    events: list[Any] = [{"action": "register_connection", "connectionId": cid, "userId": "u/1+"} for cid in ids]
+
+    # When each is read over the API, percent-encoded in the path as API Gateway sends it
+    for cid in ids:
+        events.append(http_request("GET", "/connections/" + quote(cid, safe="")))
+    events.append(http_request("GET", "/users/" + quote("u/1+", safe="") + "/connections"))
+    report = run_in_package(package, tmp_path, events, dynamo_proxy.url)
+    answers = [outcome["ok"] for outcome in report["results"]]
+
+    # Then each request reaches its own connection
+    assert [answer["statusCode"] for answer in answers[: len(ids)]] == [201] * len(ids)
+    for cid, answer in zip(ids, answers[len(ids): 2 * len(ids)]):
+        assert answer["statusCode"] == 200, (cid, answer)
+        assert json.loads(answer["body"])["connection"]["connectionId"] == cid
+    assert json.loads(answers[-1]["body"])["count"] == len(ids)
 
 
 # --- the settings, as Zappa itself reads them -------------------------------------------

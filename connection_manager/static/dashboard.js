@@ -936,8 +936,10 @@
       setStatus("info", els.autoRefresh.checked ? "Auto-refresh on: every 10 s." : "Auto-refresh paused.");
     });
     els.tokenBox.addEventListener("submit", (event) => {
+      // With ADMIN_TOKEN set, reads need the token too: Enter loads what was refused.
       event.preventDefault();
       els.token.blur();
+      refreshAll();
     });
     els.token.addEventListener("input", () => {
       const token = els.token.value.trim();

@@ -2,7 +2,9 @@
 
 The JSON files in ``tests/events`` are the events AWS really sends (EventBridge schedule,
 API Gateway WebSocket routes); tests load a fresh copy and change only what they test,
-so the rest of the event stays as realistic as the day it was captured.
+so the rest of the event stays as realistic as the day it was captured. ``tests/events/aws``
+holds public sample events of other AWS services (its README says where each comes from):
+``load_event("aws/powertools_sqs")``.
 """
 from __future__ import annotations
 
