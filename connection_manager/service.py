@@ -128,11 +128,13 @@ class ConnectionService:
 
     @cached_property
     def _tokens(self) -> TokenCodec:
+        from connection_manager.config import process_token_secret
         from connection_manager.tokens import TokenCodec
 
-        from connection_manager.config import process_token_secret
-
-        return TokenCodec(self.settings.token_secret or process_token_secret())
+        # The table is part of the key: a token issued for one table is refused by another,
+        # even where both share a secret (one process, or one secret for several stages).
+        secret = self.settings.token_secret or process_token_secret()
+        return TokenCodec(f"{secret}\n{self.settings.table_name}")
 
     # Table ------------------------------------------------------------------------------
 

@@ -500,9 +500,8 @@ def test_next_token__issued_for_another_table_is_400(make_connection, monkeypatc
     ids=["other-user", "other-status", "other-shard", "shard-not-a-number"],
 )
 def test_next_token__signed_but_outside_its_listing_is_400(make_connection, handler_service, event_of):
-    # The signing secret defaults to a value derived from the table name, so a caller who
-    # knows it can sign any payload; the key must still lie inside the listing it continues,
-    # or DynamoDB rejects the ExclusiveStartKey and the caller would get a 500.
+    # Whoever holds the signing secret can sign any payload; the key must still lie inside
+    # the listing it continues, or DynamoDB rejects the ExclusiveStartKey (a 500).
     for index in range(3):
         make_connection(f"a{index}", user_id="alice")
         make_connection(f"b{index}", user_id="bob")
