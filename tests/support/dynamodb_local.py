@@ -129,6 +129,38 @@ def java_command() -> str:
 # --- the server ---------------------------------------------------------------------
 
 
+def _listens_on(pid: int, port: int | None) -> bool:
+    """Whether process ``pid`` holds a socket listening on TCP ``port`` (Linux ``/proc``).
+
+    Where ``/proc`` is missing the answer is True and the HTTP check alone decides.
+    """
+    if port is None:
+        return False
+    tables = [Path("/proc/net/tcp"), Path("/proc/net/tcp6")]
+    if not all(table.exists() for table in tables):
+        return True
+    listening: set[str] = set()
+    for table in tables:
+        for line in table.read_text().splitlines()[1:]:
+            fields = line.split()
+            # local_address is HEXIP:HEXPORT; state 0A is LISTEN; field 9 is the inode.
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                listening.add(f"socket:[{fields[9]}]")
+    if not listening:
+        return False
+    try:
+        descriptors = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    for descriptor in descriptors:
+        try:
+            if os.readlink(descriptor) in listening:
+                return True
+        except OSError:
+            continue
+    return False
+
+
 class DynamoDBLocal:
     """A DynamoDB Local JVM, in memory, on a free port of ``127.0.0.1``.
 
@@ -144,14 +176,15 @@ class DynamoDBLocal:
         *,
         host: str = LOOPBACK,
         port: int | None = None,
-        startup_timeout: float = 120.0,
+        startup_timeout: float = 90.0,
         install: bool = True,
     ) -> None:
         self.host = host
         self._requested_port = port
         self.port: int | None = None
         # The JVM takes seconds to start on a loaded machine; readiness is polled, so a
-        # generous bound costs nothing when it starts fast.
+        # generous bound costs nothing when it starts fast. It stays under pytest's
+        # 120 s timeout, so a JVM that never comes up fails with its own log.
         self.startup_timeout = startup_timeout
         self.install = install
         self._process: subprocess.Popen[bytes] | None = None
@@ -177,7 +210,7 @@ class DynamoDBLocal:
             raise DynamoDBLocalError(f"DynamoDB Local is not installed in {directory}")
         java = java_command()
         # The port is picked before the JVM binds it; if another process takes it in
-        # between, the JVM exits ("Address already in use") and we try another one.
+        # between, the JVM fails to bind and we try another one.
         attempts = 1 if self._requested_port is not None else 3
         last_error: DynamoDBLocalError | None = None
         for _ in range(attempts):
@@ -229,11 +262,14 @@ class DynamoDBLocal:
                 raise DynamoDBLocalError(
                     f"DynamoDB Local exited with code {self._process.returncode} before answering:\n{self.output()}"
                 )
-            if self._answers():
-                # Our own JVM must still be the one listening: had the port been taken by
-                # someone else, the JVM would have exited on its failed bind.
-                if self._process.poll() is None:
-                    return
+            # On a failed bind the JVM logs it and lives on (Jetty's threads keep it up).
+            if "Failed to bind" in self.output():
+                raise DynamoDBLocalError(f"DynamoDB Local could not listen on port {self.port}:\n{self.output()}")
+            # Only our own JVM listening on the port counts: another server that took the
+            # port in the meantime (another test run's moto or DynamoDB Local) would answer
+            # ListTables just as well.
+            if _listens_on(self._process.pid, self.port) and self._answers():
+                return
             if time.monotonic() > deadline:
                 raise DynamoDBLocalError(
                     f"DynamoDB Local did not answer on {self.url} within {self.startup_timeout:.0f}s:\n{self.output()}"
