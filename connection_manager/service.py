@@ -150,11 +150,23 @@ class ConnectionService:
     def enable_ttl(self) -> bool:
         """Let DynamoDB purge DISCONNECTED rows once ``expiresAt`` passes; False if unsupported."""
         try:
+            # DynamoDB refuses to enable TTL twice (ValidationException), and PynamoDB's
+            # create_table has already enabled it: look before writing.
+            if self._ttl_enabled():
+                return True
             ConnectionModel.update_ttl(ignore_update_ttl_errors=False)
         except Exception as exc:  # servers without TTL support fail in several ways
             log.warning("could not enable TTL on %s: %s", self.settings.table_name, exc)
             return False
         return True
+
+    def _ttl_enabled(self) -> bool:
+        client = ConnectionModel._get_connection().connection.client
+        answer = client.describe_time_to_live(TableName=self.settings.table_name)
+        description = answer.get("TimeToLiveDescription", {})
+        return description.get("TimeToLiveStatus") in ("ENABLED", "ENABLING") and description.get(
+            "AttributeName"
+        ) == ConnectionModel._ttl_attribute().attr_name
 
     def health(self) -> dict[str, Any]:
         with dynamo_errors("health check"):

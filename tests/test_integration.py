@@ -1,8 +1,9 @@
-"""Raw events and the console script against a real ``moto_server`` over HTTP.
+"""Raw events and the console script against a real DynamoDB endpoint over HTTP.
 
 The in-process mock never touches the wire; these tests go through botocore's endpoint
-resolution (``AWS_ENDPOINT_URL_DYNAMODB``), HTTP, and moto's own request parsing, as a
-deployed function would against DynamoDB.
+resolution (``AWS_ENDPOINT_URL_DYNAMODB``), HTTP, and the server's own request parsing, as
+a deployed function would against DynamoDB. Each runs on moto_server and on Amazon
+DynamoDB Local, whose validation is DynamoDB's own.
 """
 from __future__ import annotations
 
@@ -22,23 +23,23 @@ import connection_manager.handler as handler_module
 import connection_manager.observability as observability
 from connection_manager.handler import get_service, lambda_handler
 from models.connection import format_timestamp, shard_for
+from tests.support.engines import Engine
 from tests.support.events import FakeLambdaContext, load_event, websocket_event
-from tests.support.moto_server import MotoServer
 
 pytestmark = pytest.mark.integration
 
 TABLE = "connections-it"
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def endpoint(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> str:
-    """An empty moto server that the service (and any child process) reaches over HTTP."""
-    moto_server.reset()
-    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", moto_server.url)
+def endpoint(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> str:
+    """An empty server that the service (and any child process) reaches over HTTP."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", engine.url)
     monkeypatch.setenv("CONNECTIONS_TABLE_NAME", TABLE)
     monkeypatch.setattr(handler_module, "_service", None)
     monkeypatch.setattr(observability, "_configured", True)
-    return moto_server.url
+    return engine.url
 
 
 @pytest.fixture
@@ -157,6 +158,9 @@ def cli_command() -> list[str]:
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     env.pop("AWS_LAMBDA_FUNCTION_NAME", None)
+    # The console script imports whichever checkout the virtualenv was installed from;
+    # put this checkout first so the process runs the code these tests import.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     return subprocess.run(
         [*cli_command(), *args], env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
     )
@@ -166,6 +170,7 @@ def test_cli__create_table_then_invoke_over_http(endpoint):
     created = run_cli("create-table")
     assert created.returncode == 0, created.stderr
     assert f"table '{TABLE}' created" in created.stdout
+    assert "TTL enabled" in created.stdout and "warning" not in created.stderr
 
     get_service().register_connection("cli-1", "u1")
     get_service().register_connection("cli-2", "u2")
@@ -176,3 +181,18 @@ def test_cli__create_table_then_invoke_over_http(endpoint):
     assert response["statusCode"] == 200
     assert response["body"]["count"] == 2
     assert {record["connectionId"] for record in response["body"]["connections"]} == {"cli-1", "cli-2"}
+
+
+def test_cli__create_table_twice__second_run_reports_ttl_enabled(endpoint):
+    # Given a table that create-table made, TTL included
+    assert run_cli("create-table").returncode == 0
+
+    # When create-table runs again (DynamoDB refuses to enable TTL a second time)
+    again = run_cli("create-table")
+
+    # Then it says the table exists and TTL is on, without a false warning
+    assert again.returncode == 0, again.stderr
+    assert f"table '{TABLE}' already exists" in again.stdout
+    assert "TTL enabled" in again.stdout and "warning" not in again.stderr
+    ttl = boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1").describe_time_to_live(TableName=TABLE)
+    assert ttl["TimeToLiveDescription"] == {"TimeToLiveStatus": "ENABLED", "AttributeName": "expiresAt"}
