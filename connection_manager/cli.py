@@ -19,7 +19,7 @@ def _print(data: Any) -> None:
 
 
 def _service() -> Any:
-    from connection_manager.handler import get_service
+    from connection_manager.wiring import get_service
 
     return get_service()
 
@@ -78,7 +78,7 @@ def cmd_seed(args: argparse.Namespace) -> int:
         prefix=args.prefix,
     )
     with tqdm(total=plan.total, unit="row", desc="seeding", disable=args.quiet) as bar:
-        written = seed(plan, service.clock(), progress=bar.update)
+        written = seed(plan, service.clock(), progress=bar.update, model=service.model)
     print(f"seeded {written} rows into '{service.settings.table_name}' "
           f"({plan.live} live, {plan.stale} stale, {plan.history} disconnected)")
     return 0

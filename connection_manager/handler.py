@@ -28,11 +28,9 @@ from connection_manager.observability import (
     setup_logging,
 )
 from connection_manager.operations import Invocation, run_action
-from connection_manager.service import ConnectionService
+from connection_manager.wiring import get_service
 
 log = logging.getLogger(__name__)
-
-_service: ConnectionService | None = None
 
 #: Top-level keys of events that belong to Zappa's handler (HTTP requests, management commands).
 _ZAPPA_KEYS = ("httpMethod", "command", "raw_command", "manage", "Records", "awslogs")
@@ -54,14 +52,6 @@ def _check_configuration_at_start() -> None:
 
 if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
     _check_configuration_at_start()
-
-
-def get_service() -> ConnectionService:
-    """Build the service on first use, so bad configuration fails once with a clear message."""
-    global _service
-    if _service is None:
-        _service = ConnectionService(Settings.from_env())
-    return _service
 
 
 def lambda_handler(event: Any, context: Any = None) -> Any:

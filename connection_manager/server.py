@@ -93,7 +93,7 @@ def point_at(url: str, environ: Any = None) -> None:
 
 def prepare_demo(out: TextIO) -> None:
     """Create the table (with TTL) and seed demo rows through the process-wide service."""
-    from connection_manager.handler import get_service
+    from connection_manager.wiring import get_service
     from connection_manager.seed import SeedPlan, seed
 
     service = get_service()
@@ -105,7 +105,7 @@ def prepare_demo(out: TextIO) -> None:
         history=DEMO_HISTORY,
         stale_after_seconds=service.settings.stale_after_seconds,
     )
-    written = seed(plan, service.clock())
+    written = seed(plan, service.clock(), model=service.model)
     print(
         f"embedded DynamoDB: table '{service.settings.table_name}' with {written} demo rows "
         f"({plan.live} live, {plan.stale} stale, {plan.history} disconnected)",

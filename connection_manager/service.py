@@ -27,8 +27,8 @@ from models.connection import (
     ConnectionModel,
     ConnectionStatus,
     DisconnectReason,
-    configure,
     format_timestamp,
+    model_for,
     shard_for,
 )
 
@@ -123,10 +123,14 @@ class Stats(msgspec.Struct, frozen=True):
 
 
 def new_connection_row(
-    connection_id: str, user_id: str, now: datetime, metadata: dict[str, Any] | None = None
+    connection_id: str,
+    user_id: str,
+    now: datetime,
+    metadata: dict[str, Any] | None = None,
+    model: type[ConnectionModel] = ConnectionModel,
 ) -> ConnectionModel:
     """A fresh CONNECTED row, in the sparse index from its first write."""
-    return ConnectionModel(
+    return model(
         connection_id,
         user_id=user_id,
         status=CONNECTED,
@@ -139,12 +143,20 @@ def new_connection_row(
 
 
 class ConnectionService:
-    """The operations of the contract; one instance per process is enough."""
+    """The operations of the contract; one instance per process is enough.
 
-    def __init__(self, settings: Settings, clock: Clock = utc_now) -> None:
+    ``model`` is the table's model class; without one the service gets a class of its own
+    for ``settings``' table, so building a service never rebinds one already in use.
+    Conditions and update actions name attributes through ``ConnectionModel``: they are
+    attribute paths, the same on every table's class.
+    """
+
+    def __init__(
+        self, settings: Settings, clock: Clock = utc_now, model: type[ConnectionModel] | None = None
+    ) -> None:
         self.settings = settings
         self.clock = clock
-        configure(settings)
+        self.model = model if model is not None else model_for(settings)
 
     @cached_property
     def _tokens(self) -> TokenCodec:
@@ -157,16 +169,16 @@ class ConnectionService:
     def create_table(self) -> bool:
         """Create the table and its indexes if missing; True when it was created now."""
         with dynamo_errors("create_table"):
-            if ConnectionModel.exists():
+            if self.model.exists():
                 return False
             # TTL is switched on by enable_ttl, where a server without TTL support can be reported.
-            ConnectionModel.create_table(wait=True, billing_mode="PAY_PER_REQUEST", ignore_update_ttl_errors=True)
+            self.model.create_table(wait=True, billing_mode="PAY_PER_REQUEST", ignore_update_ttl_errors=True)
             return True
 
     def enable_ttl(self) -> bool:
         """Let DynamoDB purge DISCONNECTED rows once ``expiresAt`` passes; False if unsupported."""
         try:
-            ConnectionModel.update_ttl(ignore_update_ttl_errors=False)
+            self.model.update_ttl(ignore_update_ttl_errors=False)
         except Exception as exc:  # servers without TTL support fail in several ways
             log.warning("could not enable TTL on %s: %s", self.settings.table_name, exc)
             return False
@@ -174,7 +186,7 @@ class ConnectionService:
 
     def health(self) -> dict[str, Any]:
         with dynamo_errors("health check"):
-            ConnectionModel.describe_table()
+            self.model.describe_table()
         return {"status": "ok", "table": self.settings.table_name}
 
     # Reads ------------------------------------------------------------------------------
@@ -190,7 +202,7 @@ class ConnectionService:
         start = self._tokens.decode(next_token, scope, shards=1, key_names=_USER_KEYS).key if next_token else None
         _check_start_key(start, {"userId": {"S": user_id}, "status": {"S": CONNECTED}})
         with dynamo_errors("get_user_connections"):
-            results = ConnectionModel.user_index.query(
+            results = self.model.user_index.query(
                 user_id,
                 range_key_condition=ConnectionModel.status == CONNECTED,
                 limit=limit,
@@ -222,7 +234,7 @@ class ConnectionService:
         with dynamo_errors("get_all_connections"):
             while shard < ACTIVE_SHARDS:
                 wanted = limit - len(rows)
-                results = ConnectionModel.active_index.query(
+                results = self.model.active_index.query(
                     shard, limit=wanted, page_size=wanted, last_evaluated_key=start
                 )
                 used, full = _fill(rows, results, used)
@@ -246,7 +258,7 @@ class ConnectionService:
         thousand live connections each time it runs (once per scheduled sweep).
         """
         with dynamo_errors("count_active"):
-            return sum(ConnectionModel.active_index.count(shard) for shard in range(ACTIVE_SHARDS))
+            return sum(self.model.active_index.count(shard) for shard in range(ACTIVE_SHARDS))
 
     def stats(self) -> Stats:
         """Counts for the dashboard in one pass over the live rows (never the history)."""
@@ -273,7 +285,7 @@ class ConnectionService:
         answer was lost and returns the stored row with ``created=False``; any other existing
         id is a conflict.
         """
-        row = new_connection_row(connection_id, user_id, self.clock(), metadata)
+        row = new_connection_row(connection_id, user_id, self.clock(), metadata, self.model)
         try:
             with dynamo_errors("register_connection"):
                 row.save(condition=ConnectionModel.connection_id.does_not_exist())
@@ -292,7 +304,7 @@ class ConnectionService:
     def heartbeat(self, connection_id: str) -> dict[str, Any]:
         """Refresh ``lastActiveAt`` of a CONNECTED row; a DISCONNECTED one stays as it is (409)."""
         now = self.clock()
-        row = ConnectionModel(connection_id)
+        row = self.model(connection_id)
         actions = [
             ConnectionModel.last_active_at.set(now),
             ConnectionModel.updated_at.set(now),
@@ -312,7 +324,7 @@ class ConnectionService:
             row = self._disconnect_if_connected(connection_id, DisconnectReason.ADMIN)
             return to_record(row) if row is not None else self.get_connection(connection_id)  # unchanged, or 404
         now = self.clock()
-        row = ConnectionModel(connection_id)
+        row = self.model(connection_id)
         actions = [
             ConnectionModel.status.set(CONNECTED),
             ConnectionModel.last_active_at.set(now),
@@ -341,7 +353,7 @@ class ConnectionService:
         with dynamo_errors("disconnect_user"):
             ids = (
                 row.connection_id
-                for row in ConnectionModel.user_index.query(
+                for row in self.model.user_index.query(
                     user_id, range_key_condition=ConnectionModel.status == CONNECTED, attributes_to_get=["connectionId"]
                 )
             )
@@ -441,7 +453,7 @@ class ConnectionService:
     def _get(self, connection_id: str, missing: Exception | None = None) -> ConnectionModel:
         try:
             with dynamo_errors("get_connection"):
-                return ConnectionModel.get(connection_id, consistent_read=True)
+                return self.model.get(connection_id, consistent_read=True)
         except DoesNotExist:
             raise (missing or NotFoundError(f"Connection '{connection_id}' does not exist")) from None
 
@@ -450,7 +462,7 @@ class ConnectionService:
     ) -> Iterable[ConnectionModel]:
         """Stream the sparse index shard by shard; one page in memory at a time."""
         for shard in range(ACTIVE_SHARDS):
-            yield from ConnectionModel.active_index.query(
+            yield from self.model.active_index.query(
                 shard, range_key_condition=range_key_condition, attributes_to_get=attributes, page_size=page_size
             )
 
@@ -481,7 +493,7 @@ class ConnectionService:
 
     def _disconnect_if_connected(self, connection_id: str, reason: DisconnectReason) -> ConnectionModel | None:
         """One conditional write; the updated row, or None when it was not CONNECTED (or absent)."""
-        row = ConnectionModel(connection_id)
+        row = self.model(connection_id)
         condition = ConnectionModel.connection_id.exists() & (ConnectionModel.status == CONNECTED)
         return row if self._conditional_update(row, self._disconnect_actions(reason), condition, "disconnect") else None
 
@@ -489,7 +501,7 @@ class ConnectionService:
         return APPLIED if self._disconnect_if_connected(connection_id, reason) is not None else SKIPPED
 
     def _sweep_one(self, connection_id: str, cutoff: datetime) -> str:
-        row = ConnectionModel(connection_id)
+        row = self.model(connection_id)
         condition = (ConnectionModel.status == CONNECTED) & (ConnectionModel.last_active_at < cutoff)
         if self._conditional_update(row, self._disconnect_actions(DisconnectReason.STALE), condition, "sweep"):
             return APPLIED
@@ -509,7 +521,7 @@ class ConnectionService:
         with dynamo_errors("reindex"):
             ids = (
                 row.connection_id
-                for row in ConnectionModel.scan(
+                for row in self.model.scan(
                     filter_condition=(ConnectionModel.status == CONNECTED) & missing,
                     attributes_to_get=["connectionId"],
                 )
@@ -517,7 +529,7 @@ class ConnectionService:
             return self._write_all(ids, self._reindex_one)
 
     def _reindex_one(self, connection_id: str) -> str:
-        row = ConnectionModel(connection_id)
+        row = self.model(connection_id)
         actions = [
             ConnectionModel.last_active_at.set(ConnectionModel.last_active_at | ConnectionModel.created_at),
             ConnectionModel.active_shard.set(shard_for(connection_id)),

@@ -465,13 +465,11 @@ def test_next_token__from_another_listing_is_400(make_connection):
     error({"action": "get_all_connections", "nextToken": alice_token}, 400, "ValidationError")
 
 
-def test_next_token__issued_for_another_table_is_400(make_connection, monkeypatch, settings, clock):
+def test_next_token__issued_for_another_table_is_400(make_connection, clock):
     for index in range(3):
         make_connection(f"c{index}", user_id="u1")
     other = ConnectionService(Settings(table_name="other-table", region="us-east-1"), clock)
     foreign = other._tokens.encode("all", Cursor(1, None))
-    # Building ``other`` rebinds the model; bind it back to the test's table.
-    monkeypatch.setattr("connection_manager.handler._service", ConnectionService(settings, clock))
 
     error({"action": "get_all_connections", "nextToken": foreign}, 400, "ValidationError", "nextToken")
 

@@ -18,9 +18,10 @@ import boto3
 import pytest
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
-import connection_manager.handler as handler_module
+import connection_manager.wiring as wiring
 import connection_manager.observability as observability
-from connection_manager.handler import get_service, lambda_handler
+from connection_manager.handler import lambda_handler
+from connection_manager.wiring import get_service
 from models.connection import format_timestamp, shard_for
 from tests.support.events import FakeLambdaContext, load_event, websocket_event
 from tests.support.moto_server import MotoServer
@@ -36,7 +37,7 @@ def endpoint(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> str:
     moto_server.reset()
     monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", moto_server.url)
     monkeypatch.setenv("CONNECTIONS_TABLE_NAME", TABLE)
-    monkeypatch.setattr(handler_module, "_service", None)
+    monkeypatch.setattr(wiring, "_service", None)
     monkeypatch.setattr(observability, "_configured", True)
     return moto_server.url
 

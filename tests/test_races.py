@@ -24,7 +24,7 @@ import boto3
 import pytest
 from boto3.dynamodb.types import TypeDeserializer
 
-import connection_manager.handler as handler_module
+import connection_manager.wiring as wiring
 from connection_manager.clock import FixedClock
 from connection_manager.config import Settings
 from connection_manager.errors import ConflictError
@@ -142,9 +142,9 @@ def wire(dynamo_proxy: DynamoProxy, monkeypatch: pytest.MonkeyPatch) -> Settings
     """
     dynamo_proxy.serialize_upstream = True
     monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", dynamo_proxy.url)
-    monkeypatch.setattr(handler_module, "_service", None)
+    monkeypatch.setattr(wiring, "_service", None)
     settings = Settings(table_name="connections-race", region="us-east-1", sweep_concurrency=8)
-    ConnectionService(settings, FixedClock(NOW)).create_table()
+    wiring.build_service(settings, FixedClock(NOW)).create_table()  # binds the model _seed writes through
     return settings
 
 
