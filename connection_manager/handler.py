@@ -15,19 +15,18 @@ from typing import Any
 # same modules imported in this order cost about 2,000 fewer minor page faults, 10-15 ms
 # of a cold start, than with the small modules below loaded ahead of it (measured with
 # benchmarks/bench_scale.py; the instruction count is the same either way).
-from models.connection import DisconnectReason  # isort: skip
+import models.connection  # noqa: F401  # isort: skip
 
 from connection_manager.config import Settings
 from connection_manager.errors import ConnectionManagerError, InternalError, ValidationError
 from connection_manager.observability import (
-    audit,
     metrics_enabled,
     record_active_connections,
     record_error,
     set_request_id,
     setup_logging,
 )
-from connection_manager.operations import Invocation, run_action
+from connection_manager.operations import Invocation, run_action, run_event
 from connection_manager.wiring import get_service
 
 log = logging.getLogger(__name__)
@@ -144,8 +143,9 @@ def _websocket(event: dict[str, Any]) -> dict[str, Any]:
                 payload["metadata"] = metadata
             run_action(service, "register_connection", payload, invocation=Invocation(principal="apigateway:$connect"))
         elif route == "$disconnect":
-            if isinstance(connection_id, str) and connection_id:
-                _disconnect_client(service, connection_id)
+            run_event(
+                service, "disconnect", {"connectionId": connection_id}, invocation=Invocation(principal="apigateway:$disconnect")
+            )
         else:
             run_action(service, "heartbeat", {"connectionId": connection_id})
     except ConnectionManagerError as exc:
@@ -155,17 +155,6 @@ def _websocket(event: dict[str, Any]) -> dict[str, Any]:
             return {"statusCode": exc.status, "body": exc.to_body()}
         log.info("websocket %s for %s ignored: %s", route, connection_id, exc.message)
     return {"statusCode": 200}
-
-
-def _disconnect_client(service: ConnectionService, connection_id: str) -> None:
-    """Mark the connection DISCONNECTED (reason client), with the audit line run_action would write."""
-    principal, target = "apigateway:$disconnect", f"connectionId={connection_id}"
-    try:
-        changed = service.disconnect(connection_id, DisconnectReason.CLIENT)
-    except ConnectionManagerError as exc:
-        audit(principal, "disconnect", target, f"error:{exc.code}")
-        raise
-    audit(principal, "disconnect", target, "ok:200" if changed else "unchanged")
 
 
 def _websocket_user(event: dict[str, Any]) -> Any:

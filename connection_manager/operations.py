@@ -13,6 +13,7 @@ from connection_manager import schemas as s
 from connection_manager.errors import ConnectionManagerError, ValidationError
 from connection_manager.observability import audit, record_sweep
 from connection_manager.service import ConnectionService, TimeLeft
+from models.connection import DisconnectReason
 
 Body = dict[str, Any]
 Result = tuple[int, Body]
@@ -111,6 +112,23 @@ OPERATIONS: dict[str, Operation] = {
     )
 }
 
+def _client_disconnect(svc: ConnectionService, p: s.ClientDisconnect, _: Invocation) -> Result:
+    # One conditional write and no read: a repeated or unknown $disconnect only learns
+    # that nothing changed, which is all API Gateway (and the audit line) needs.
+    return 200, {"changed": svc.disconnect(p.connectionId, DisconnectReason.CLIENT) is not None}
+
+
+#: Operations for events AWS itself sends. Not raw actions: a payload cannot name them.
+EVENT_OPERATIONS: dict[str, Operation] = {
+    "disconnect": Operation(
+        "disconnect",
+        s.ClientDisconnect,
+        _client_disconnect,
+        True,
+        "Mark a connection DISCONNECTED (reason client) when its WebSocket closes.",
+    ),
+}
+
 #: Heartbeats are state changes but arrive at message rate; auditing each would drown the log.
 _NOT_AUDITED = frozenset({"heartbeat"})
 
@@ -132,6 +150,18 @@ def run_action(
     if operation is None:
         shown = name if len(name) <= 64 else name[:64] + "..."
         raise ValidationError(f"Unknown action '{shown}'; expected one of: " + ", ".join(OPERATIONS))
+    return _run(service, operation, payload, strict, invocation)
+
+
+def run_event(service: ConnectionService, name: str, payload: dict[str, Any], *, invocation: Invocation) -> Result:
+    """Run the operation for an event AWS sends (see ``EVENT_OPERATIONS``), validated and audited alike."""
+    return _run(service, EVENT_OPERATIONS[name], payload, True, invocation)
+
+
+def _run(
+    service: ConnectionService, operation: Operation, payload: dict[str, Any], strict: bool, invocation: Invocation
+) -> Result:
+    name = operation.name
     params = s.parse(operation.schema, payload, strict=strict)
     if not operation.mutates or name in _NOT_AUDITED:
         return operation.run(service, params, invocation)
@@ -149,6 +179,8 @@ def _audit_details(name: str, body: Body) -> dict[str, Any]:
         return {"cleanedCount": body.get("cleanedCount"), "dryRun": body.get("dryRun")}
     if name == "disconnect_user":
         return {"disconnectedCount": body.get("disconnectedCount")}
+    if name == "disconnect":
+        return {"changed": body.get("changed")}
     if name == "update_connection_status":
         return {"status": body.get("connection", {}).get("status")}
     return {}

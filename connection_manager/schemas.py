@@ -150,6 +150,10 @@ class Heartbeat(GetConnection):
     pass
 
 
+class ClientDisconnect(GetConnection):
+    """A WebSocket ``$disconnect``: API Gateway's event, not a raw action anyone may send."""
+
+
 class DisconnectUser(Params):
     userId: KeyString
 

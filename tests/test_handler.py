@@ -622,6 +622,24 @@ def test_websocket_disconnect__unknown_connection_is_200_and_creates_nothing():
     assert raw_items() == []
 
 
+def test_websocket_disconnect__id_longer_than_dynamodb_allows__200_and_never_sent(handler_service, monkeypatch):
+    # Given a $disconnect whose connection id is longer than a DynamoDB key may be
+    # (DynamoDB itself would answer a ValidationException, a 500 here)
+    event = websocket_event("websocket_disconnect", "x" * 2049)
+    monkeypatch.setattr(handler_service, "disconnect", _never_called)
+
+    # When it arrives
+    response = invoke(event)
+
+    # Then it is validated like every other event and ignored with a 200, before any write
+    assert response == {"statusCode": 200}
+    assert raw_items() == []
+
+
+def _never_called(*args, **kwargs):
+    raise AssertionError("an invalid id reached the service")
+
+
 def test_websocket_message__refreshes_last_active_at(make_connection, clock):
     make_connection("c1", user_id="u1", idle=timedelta(minutes=30))
     clock.advance(seconds=9)
