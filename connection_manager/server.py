@@ -97,6 +97,8 @@ def prepare_demo(out: TextIO) -> None:
     from connection_manager.seed import SeedPlan, seed
 
     service = get_service()
+    table = service.settings.table_name
+    print(f"embedded DynamoDB: creating table '{table}' with its indexes...", file=out, flush=True)
     service.create_table()
     service.enable_ttl()
     plan = SeedPlan(
@@ -105,9 +107,10 @@ def prepare_demo(out: TextIO) -> None:
         history=DEMO_HISTORY,
         stale_after_seconds=service.settings.stale_after_seconds,
     )
+    print(f"embedded DynamoDB: seeding {plan.total} demo rows...", file=out, flush=True)
     written = seed(plan, service.clock(), model=service.model)
     print(
-        f"embedded DynamoDB: table '{service.settings.table_name}' with {written} demo rows "
+        f"embedded DynamoDB: table '{table}' with {written} demo rows "
         f"({plan.live} live, {plan.stale} stale, {plan.history} disconnected)",
         file=out,
         flush=True,
@@ -133,7 +136,9 @@ def serve(host: str = "127.0.0.1", port: int = 8080, embedded: bool = False) -> 
             return 2
     try:
         if dynamo is not None:
+            print("embedded DynamoDB: starting moto's DynamoDB in this process...", flush=True)
             point_at(dynamo.start())
+            print(f"embedded DynamoDB: listening on {dynamo.url}", flush=True)
         try:
             settings = Settings.from_env()
         except ConnectionManagerError as exc:
