@@ -131,3 +131,50 @@ def test_serve__embedded__announces_the_dynamodb_it_starts(monkeypatch, capsys) 
         "embedded DynamoDB: listening on http://127.0.0.1:4567",
         "demo ready",
     ]
+
+
+# Missing credentials -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_credentials(monkeypatch, fresh_handler_service) -> None:
+    """No credentials anywhere botocore looks; a DynamoDB endpoint that nothing may reach."""
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", "http://127.0.0.1:9")
+    monkeypatch.setenv("DYNAMODB_MAX_RETRIES", "0")
+
+
+@pytest.mark.parametrize(
+    ("profile", "cause"), [(None, "NoCredentialsError"), ("no-such-profile", "ProfileNotFound")]
+)
+def test_cli_cleanup__without_credentials__names_the_missing_credentials(
+    no_credentials, monkeypatch, capsys, profile, cause
+) -> None:
+    # Given no usable AWS credentials (none at all, or a profile that does not exist)
+    if profile:
+        monkeypatch.setenv("AWS_PROFILE", profile)
+    from connection_manager import cli
+
+    # When an operator runs a command that needs DynamoDB
+    code = cli.main(["cleanup", "--dry-run"])
+
+    # Then it fails with the real cause and what to do, not as an outage to wait out
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith("error: No usable AWS credentials for DynamoDB")
+    assert cause in err and "AWS_ACCESS_KEY_ID" in err and "local-dynamodb" in err
+    assert "could not be reached" not in err and "try again" not in err
+
+
+def test_lambda_handler__without_credentials__503_naming_the_cause(no_credentials) -> None:
+    # Given no usable AWS credentials
+    from connection_manager.handler import lambda_handler
+
+    # When a raw action needs DynamoDB
+    response = lambda_handler({"action": "get_connection", "connectionId": "c1"}, None)
+
+    # Then the error body names the missing credentials
+    assert response["statusCode"] == 503
+    assert response["body"]["error"] == "ServiceUnavailable"
+    assert "NoCredentialsError" in response["body"]["message"]
