@@ -26,7 +26,7 @@ from connection_manager.observability import (
     set_request_id,
     setup_logging,
 )
-from connection_manager.operations import Invocation, run_action, run_event
+from connection_manager.operations import Invocation, run_action, run_internal
 from connection_manager.wiring import get_service
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,8 @@ if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
     _check_configuration_at_start()
 
 
-def lambda_handler(event: Any, context: Any = None) -> Any:
+def lambda_handler(event: Any, context: Any = None, *, invoker: str | None = None) -> Any:
+    """Answer one event. ``invoker`` names who sent a raw action when Lambda did not (the CLI's ``invoke``)."""
     setup_logging()
     set_request_id(getattr(context, "aws_request_id", None))
     try:
@@ -61,7 +62,7 @@ def lambda_handler(event: Any, context: Any = None) -> Any:
             return _websocket(event)
         if isinstance(event, dict) and "action" not in event and _belongs_to_zappa(event):
             return _delegate(event, context)
-        status, body = _dispatch(event, context)
+        status, body = _dispatch(event, context, invoker)
     except ConnectionManagerError as exc:
         status, body = exc.status, exc.to_body()
         if status >= 500:
@@ -75,7 +76,7 @@ def lambda_handler(event: Any, context: Any = None) -> Any:
     return {"statusCode": status, "body": body}
 
 
-def _dispatch(event: Any, context: Any) -> tuple[int, dict[str, Any]]:
+def _dispatch(event: Any, context: Any, invoker: str | None = None) -> tuple[int, dict[str, Any]]:
     time_left = getattr(context, "get_remaining_time_in_millis", None)
     if not isinstance(event, dict):
         raise ValidationError("The event must be a JSON object with an `action`")
@@ -86,7 +87,7 @@ def _dispatch(event: Any, context: Any) -> tuple[int, dict[str, Any]]:
         return result
     # `zappa invoke <stage> <function> --payload '{...}'` adds its own "command" key.
     payload = {key: value for key, value in event.items() if key not in _ENVELOPE_KEYS}
-    invocation = Invocation(principal=_invoker(context), time_left_ms=time_left)
+    invocation = Invocation(principal=invoker or _invoker(context), time_left_ms=time_left)
     status, body = run_action(get_service(), event.get("action"), payload, invocation=invocation)
     if "command" in event:
         # `zappa invoke` shows the function's log tail, not its return value.
@@ -143,7 +144,7 @@ def _websocket(event: dict[str, Any]) -> dict[str, Any]:
                 payload["metadata"] = metadata
             run_action(service, "register_connection", payload, invocation=Invocation(principal="apigateway:$connect"))
         elif route == "$disconnect":
-            run_event(
+            run_internal(
                 service, "disconnect", {"connectionId": connection_id}, invocation=Invocation(principal="apigateway:$disconnect")
             )
         else:

@@ -28,6 +28,8 @@ class Invocation(msgspec.Struct, frozen=True):
 
     principal: str = "anonymous"
     time_left_ms: TimeLeft = None
+    #: Called with the number of rows done, by long operations that report progress (``seed``).
+    progress: Callable[[int], Any] | None = None
 
 
 class Operation(msgspec.Struct, frozen=True):
@@ -118,15 +120,41 @@ def _client_disconnect(svc: ConnectionService, p: s.ClientDisconnect, _: Invocat
     return 200, {"changed": svc.disconnect(p.connectionId, DisconnectReason.CLIENT) is not None}
 
 
-#: Operations for events AWS itself sends. Not raw actions: a payload cannot name them.
-EVENT_OPERATIONS: dict[str, Operation] = {
-    "disconnect": Operation(
-        "disconnect",
-        s.ClientDisconnect,
-        _client_disconnect,
-        True,
-        "Mark a connection DISCONNECTED (reason client) when its WebSocket closes.",
-    ),
+def _create_table(svc: ConnectionService, p: s.NoParams, _: Invocation) -> Result:
+    created = svc.create_table()
+    return (201 if created else 200), {"table": svc.settings.table_name, "created": created, "ttl": svc.enable_ttl()}
+
+
+def _reindex(svc: ConnectionService, p: s.NoParams, _: Invocation) -> Result:
+    outcome = svc.reindex()
+    return 200, {"reindexed": outcome.applied, "skipped": outcome.skipped, "failed": outcome.failed}
+
+
+def _seed(svc: ConnectionService, p: s.SeedDemo, inv: Invocation) -> Result:
+    from connection_manager.seed import SeedPlan, seed  # demo data only; never on a Lambda's path
+
+    plan = SeedPlan(p.live, p.stale, p.history, p.users, svc.settings.stale_after_seconds, p.prefix)
+    written = seed(plan, svc.clock(), progress=inv.progress, model=svc.model)
+    return 201, {"seeded": written, "live": plan.live, "stale": plan.stale, "history": plan.history}
+
+
+#: Operations no payload can name: the events AWS itself sends and the operator's CLI
+#: commands (reindex Scans, which the function's role may not). Validated and audited
+#: like the raw actions.
+INTERNAL_OPERATIONS: dict[str, Operation] = {
+    op.name: op
+    for op in (
+        Operation(
+            "disconnect",
+            s.ClientDisconnect,
+            _client_disconnect,
+            True,
+            "Mark a connection DISCONNECTED (reason client) when its WebSocket closes.",
+        ),
+        Operation("create_table", s.NoParams, _create_table, True, "Create the table and its indexes; enable TTL."),
+        Operation("reindex", s.NoParams, _reindex, True, "Put CONNECTED rows written by other tools into the index."),
+        Operation("seed", s.SeedDemo, _seed, True, "Write demo connections."),
+    )
 }
 
 #: Heartbeats are state changes but arrive at message rate; auditing each would drown the log.
@@ -153,9 +181,9 @@ def run_action(
     return _run(service, operation, payload, strict, invocation)
 
 
-def run_event(service: ConnectionService, name: str, payload: dict[str, Any], *, invocation: Invocation) -> Result:
-    """Run the operation for an event AWS sends (see ``EVENT_OPERATIONS``), validated and audited alike."""
-    return _run(service, EVENT_OPERATIONS[name], payload, True, invocation)
+def run_internal(service: ConnectionService, name: str, payload: dict[str, Any], *, invocation: Invocation) -> Result:
+    """Run one of ``INTERNAL_OPERATIONS`` (an AWS event, a CLI command), validated and audited alike."""
+    return _run(service, INTERNAL_OPERATIONS[name], payload, True, invocation)
 
 
 def _run(
@@ -179,8 +207,10 @@ def _audit_details(name: str, body: Body) -> dict[str, Any]:
         return {"cleanedCount": body.get("cleanedCount"), "dryRun": body.get("dryRun")}
     if name == "disconnect_user":
         return {"disconnectedCount": body.get("disconnectedCount")}
-    if name == "disconnect":
-        return {"changed": body.get("changed")}
+    if name in ("disconnect", "create_table"):
+        return {key: body.get(key) for key in ("changed", "created") if key in body}
+    if name in ("reindex", "seed"):
+        return body
     if name == "update_connection_status":
         return {"status": body.get("connection", {}).get("status")}
     return {}

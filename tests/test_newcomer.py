@@ -160,7 +160,7 @@ def test_cli_cleanup__without_credentials__names_the_missing_credentials(
     code = cli.main(["cleanup", "--dry-run"])
 
     # Then it fails with the real cause and what to do, not as an outage to wait out
-    err = capsys.readouterr().err
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")][-1]
     assert code == 1
     assert err.startswith("error: No usable AWS credentials for DynamoDB")
     assert cause in err and "AWS_ACCESS_KEY_ID" in err and "local-dynamodb" in err
