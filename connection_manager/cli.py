@@ -92,6 +92,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(host=args.host, port=args.port, embedded=args.embedded)
 
 
+def cmd_local_dynamodb(args: argparse.Namespace) -> int:
+    from connection_manager.server import local_dynamodb
+
+    return local_dynamodb(port=args.port)
+
+
 def cmd_reindex(args: argparse.Namespace) -> int:
     body = _run("reindex", {})
     _print(body)
@@ -136,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     serve.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
     serve.set_defaults(func=cmd_serve)
+
+    local = commands.add_parser(
+        "local-dynamodb", help="run an in-memory DynamoDB on loopback and print the exports that point the CLI at it"
+    )
+    local.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    local.set_defaults(func=cmd_local_dynamodb)
     return parser
 
 

@@ -178,3 +178,46 @@ def test_lambda_handler__without_credentials__503_naming_the_cause(no_credential
     assert response["statusCode"] == 503
     assert response["body"]["error"] == "ServiceUnavailable"
     assert "NoCredentialsError" in response["body"]["message"]
+
+
+# One command for a local DynamoDB ----------------------------------------------------------------
+
+
+def test_local_dynamodb__prints_exports_that_point_the_cli_at_it(monkeypatch, capsys, fresh_handler_service) -> None:
+    # Given the local DynamoDB command, started on a free loopback port
+    from connection_manager import cli
+
+    out = io.StringIO()
+    seen: dict[str, object] = {}
+
+    def while_running() -> None:
+        # When its export lines are applied, as a shell would, and the CLI is used
+        exports = [line.removeprefix("export ") for line in out.getvalue().splitlines() if line.startswith("export ")]
+        for name, value in (line.split("=", 1) for line in exports):
+            monkeypatch.setenv(name, value)
+        seen["endpoint"] = os.environ["AWS_ENDPOINT_URL_DYNAMODB"]
+        seen["create"] = cli.main(["create-table"])
+        seen["register"] = cli.main(["invoke", '{"action": "register_connection", "connectionId": "c1", "userId": "u1"}'])
+        seen["get"] = cli.main(["invoke", '{"action": "get_connection", "connectionId": "c1"}'])
+
+    code = server.local_dynamodb(port=0, out=out, wait=while_running)
+
+    # Then the CLI reached it: the table was created and the connection stored and read back
+    assert code == 0
+    assert str(seen["endpoint"]).startswith("http://127.0.0.1:")
+    assert (seen["create"], seen["register"], seen["get"]) == (0, 0, 0)
+    assert '"userId": "u1"' in capsys.readouterr().out
+
+
+def test_cli__local_dynamodb_command__runs_the_local_server(monkeypatch) -> None:
+    # Given the command line
+    from connection_manager import cli
+
+    calls: list[int] = []
+    monkeypatch.setattr(server, "local_dynamodb", lambda port: calls.append(port) or 0)
+
+    # When local-dynamodb is asked for on a port
+    code = cli.main(["local-dynamodb", "--port", "8123"])
+
+    # Then it ran the local server there
+    assert (code, calls) == (0, [8123])
