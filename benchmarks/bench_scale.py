@@ -93,10 +93,10 @@ class Measured:
 
 def service_with(concurrency: int) -> Any:
     from connection_manager.config import Settings
-    from connection_manager.service import ConnectionService
+    from connection_manager.wiring import build_service
 
     settings = Settings(table_name=TABLE, region="us-east-1", stale_after_seconds=STALE_AFTER, sweep_concurrency=concurrency)
-    return ConnectionService(settings)
+    return build_service(settings)
 
 
 def seed_rows(now: datetime, *, live: int = 0, stale: int = 0, history: int = 0, prefix: str) -> float:

@@ -3,7 +3,7 @@
 Logic lives in the service; this module only connects HTTP to it. ``app`` at module level
 is what Zappa's ``app_function`` points at. Creating it touches neither DynamoDB nor the
 environment: the service is built on the first request that needs it (and is the same
-process-wide service the raw Lambda handler uses).
+process-wide service the raw Lambda handler uses, built by ``connection_manager.wiring``).
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from connection_manager.errors import ConnectionManagerError, InternalError
 from connection_manager.observability import record_error
 from connection_manager.openapi import build_document, document_for
 from connection_manager.service import ConnectionService
+from connection_manager.wiring import get_service
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +38,6 @@ _HTTP_CODES = {
 }
 
 
-def _default_service() -> ConnectionService:
-    from connection_manager.handler import get_service
-
-    return get_service()
-
-
 def create_app(
     service: ConnectionService | None = None,
     *,
@@ -52,14 +47,15 @@ def create_app(
     """Build the admin app.
 
     ``service`` is used as is (tests pass one with a fixed clock); otherwise
-    ``service_factory`` (default: the raw handler's process-wide service) runs on first use.
+    ``service_factory`` (default: the process-wide service of ``connection_manager.wiring``)
+    runs on first use.
     """
     app = Flask(__name__)
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES)
     if config:
         app.config.update(config)
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the contract's field order
-    app.extensions[EXTENSION] = ServiceHolder(service, service_factory or _default_service)
+    app.extensions[EXTENSION] = ServiceHolder(service, service_factory or get_service)
     app.extensions["openapi"] = build_document()
     app.url_map.converters.update(CONVERTERS)
     app.register_blueprint(create_blueprint())

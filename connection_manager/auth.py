@@ -66,21 +66,6 @@ def _first_string(source: Mapping[str, Any], keys: tuple[str, ...]) -> str | Non
         if isinstance(value, str) and value:
             return value
     return None
-    identity = context.get("identity")
-    if isinstance(identity, dict):
-        for key in ("userArn", "caller"):
-            value = identity.get(key)
-            if isinstance(value, str) and value:
-                return value
-    authorizer = context.get("authorizer")
-    if isinstance(authorizer, dict):
-        iam = authorizer.get("iam")
-        if isinstance(iam, dict):
-            for key in ("userArn", "callerId"):
-                value = iam.get(key)
-                if isinstance(value, str) and value:
-                    return value
-    return None
 
 
 def bearer_token(authorization: str | None) -> str | None:

@@ -1,7 +1,9 @@
 """The ``connection-manager`` console script.
 
 Every command goes through the same layers as the Lambda function (``invoke`` literally
-runs ``lambda_handler``), so what works here works deployed.
+runs ``lambda_handler``), so what works here works deployed. Every state change goes
+through the dispatch table as ``cli:<user>``, so it writes the same audit line (on stderr)
+as a change made through the API.
 """
 from __future__ import annotations
 
@@ -19,17 +21,31 @@ def _print(data: Any) -> None:
 
 
 def _service() -> Any:
-    from connection_manager.handler import get_service
+    from connection_manager.wiring import get_service
 
     return get_service()
 
 
+def _principal() -> str:
+    """The operator as the audit log names them."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no login name (a container with an unknown uid)
+        return "cli:unknown"
+
+
+def _run(name: str, payload: dict[str, Any], **invocation: Any) -> dict[str, Any]:
+    """Run one operation of the dispatch table (a raw action or a CLI-only one) as the operator."""
+    from connection_manager.operations import OPERATIONS, Invocation, run_action, run_internal
+
+    run = run_action if name in OPERATIONS else run_internal
+    return run(_service(), name, payload, invocation=Invocation(principal=_principal(), **invocation))[1]
+
+
 def cmd_create_table(args: argparse.Namespace) -> int:
-    service = _service()
-    created = service.create_table()
-    ttl = service.enable_ttl()
-    table = service.settings.table_name
-    print(f"table '{table}' {'created' if created else 'already exists'}")
+    body = _run("create_table", {})
+    table, ttl = body["table"], body["ttl"]
+    print(f"table '{table}' {'created' if body['created'] else 'already exists'}")
     if ttl:
         print("TTL enabled on 'expiresAt': DISCONNECTED rows expire after the retention period")
     else:
@@ -45,42 +61,28 @@ def cmd_invoke(args: argparse.Namespace) -> int:
     except json.JSONDecodeError as exc:
         _print({"statusCode": 400, "body": {"error": "ValidationError", "message": f"The event is not valid JSON: {exc}"}})
         return 2
-    response = lambda_handler(event, None)
+    response = lambda_handler(event, None, invoker=_principal())
     _print(response)
     status = response.get("statusCode", 200) if isinstance(response, dict) else 200
     return 0 if status < 400 else 1
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
-    from connection_manager.operations import Invocation, run_action
-
     payload: dict[str, Any] = {"dryRun": args.dry_run}
     if args.stale_after is not None:
         payload["staleAfterSeconds"] = args.stale_after
-    invocation = Invocation(principal=f"cli:{getpass.getuser()}")
-    _, body = run_action(_service(), "cleanup_stale_connections", payload, invocation=invocation)
-    _print(body)
+    _print(_run("cleanup_stale_connections", payload))
     return 0
 
 
 def cmd_seed(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from connection_manager.seed import SeedPlan, seed
-
-    service = _service()
-    plan = SeedPlan(
-        live=args.count,
-        stale=args.stale,
-        history=args.history,
-        users=args.users,
-        stale_after_seconds=service.settings.stale_after_seconds,
-        prefix=args.prefix,
-    )
-    with tqdm(total=plan.total, unit="row", desc="seeding", disable=args.quiet) as bar:
-        written = seed(plan, service.clock(), progress=bar.update)
-    print(f"seeded {written} rows into '{service.settings.table_name}' "
-          f"({plan.live} live, {plan.stale} stale, {plan.history} disconnected)")
+    payload = {"live": args.count, "stale": args.stale, "history": args.history, "users": args.users, "prefix": args.prefix}
+    with tqdm(total=args.count + args.stale + args.history, unit="row", desc="seeding", disable=args.quiet) as bar:
+        body = _run("seed", payload, progress=bar.update)
+    print(f"seeded {body['seeded']} rows into '{_service().settings.table_name}' "
+          f"({body['live']} live, {body['stale']} stale, {body['history']} disconnected)")
     return 0
 
 
@@ -90,10 +92,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(host=args.host, port=args.port, embedded=args.embedded)
 
 
+def cmd_local_dynamodb(args: argparse.Namespace) -> int:
+    from connection_manager.server import local_dynamodb
+
+    return local_dynamodb(port=args.port)
+
+
 def cmd_reindex(args: argparse.Namespace) -> int:
-    outcome = _service().reindex()
-    _print({"reindexed": outcome.applied, "skipped": outcome.skipped, "failed": outcome.failed})
-    return 0 if not outcome.failed else 1
+    body = _run("reindex", {})
+    _print(body)
+    return 0 if not body["failed"] else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     serve.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
     serve.set_defaults(func=cmd_serve)
+
+    local = commands.add_parser(
+        "local-dynamodb", help="run an in-memory DynamoDB on loopback and print the exports that point the CLI at it"
+    )
+    local.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    local.set_defaults(func=cmd_local_dynamodb)
     return parser
 
 
@@ -143,6 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, name, 0) is not None and getattr(args, name, 0) < 0:
             print(f"error: {name} must not be negative", file=sys.stderr)
             return 2
+    from connection_manager.observability import setup_logging
+
+    setup_logging()  # audit lines (and warnings) on stderr; stdout stays the command's output
     try:
         return args.func(args)
     except ConnectionManagerError as exc:

@@ -11,6 +11,16 @@ import logging
 from contextlib import contextmanager
 from typing import Any, Iterator, TypeVar
 
+from botocore.exceptions import (
+    CredentialRetrievalError,
+    NoAuthTokenError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    ProfileNotFound,
+    SSOTokenLoadError,
+    TokenRetrievalError,
+    UnauthorizedSSOTokenError,
+)
 from pynamodb.connection.base import BOTOCORE_EXCEPTIONS
 from pynamodb.constants import ALL_NEW, ALL_OLD, ATTRIBUTES, UPDATE_ITEM
 from pynamodb.exceptions import DoesNotExist, PynamoDBException, UpdateError
@@ -30,6 +40,19 @@ RETRYABLE_CODES = frozenset(
         "ServiceUnavailable",
         "LimitExceededException",
     }
+)
+
+#: botocore's "no usable credentials" failures. They happen before any request is sent, so
+#: they carry no DynamoDB error code and would otherwise read as an unreachable endpoint.
+CREDENTIAL_ERRORS = (
+    NoCredentialsError,
+    PartialCredentialsError,
+    CredentialRetrievalError,
+    ProfileNotFound,
+    NoAuthTokenError,
+    SSOTokenLoadError,
+    TokenRetrievalError,
+    UnauthorizedSSOTokenError,
 )
 
 
@@ -124,6 +147,13 @@ def dynamo_errors(operation: str) -> Iterator[None]:
             raise UnavailableError(f"DynamoDB table not found during {operation}; was `create-table` run?") from None
         if code in ("UnrecognizedClientException", "AccessDeniedException", "ExpiredTokenException"):
             raise UnavailableError(f"DynamoDB refused the credentials during {operation} ({code})") from None
+        if code is None and isinstance(exc.cause, CREDENTIAL_ERRORS):
+            # Botocore's own message is not repeated: some providers put their output in it.
+            raise UnavailableError(
+                f"No usable AWS credentials for DynamoDB during {operation} ({type(exc.cause).__name__}): set "
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE to a configured profile; for a local "
+                "DynamoDB, `connection-manager local-dynamodb` prints the settings to use"
+            ) from None
         if code is None:
             # No DynamoDB answer at all: the endpoint was unreachable or the connection dropped.
             raise UnavailableError(f"DynamoDB could not be reached during {operation}; try again shortly") from None

@@ -16,13 +16,12 @@ from typing import Any
 # same modules imported in this order cost about 2,000 fewer minor page faults, 10-15 ms
 # of a cold start, than with the small modules below loaded ahead of it (measured with
 # benchmarks/bench_scale.py; the instruction count is the same either way).
-from models.connection import DisconnectReason  # isort: skip
+import models.connection  # noqa: F401  # isort: skip
 
 from connection_manager.config import Settings
 from connection_manager.errors import ConnectionManagerError, InternalError, ValidationError
 from connection_manager.event_sources import belongs_to_zappa, foreign_source
 from connection_manager.observability import (
-    audit,
     metrics_enabled,
     record_active_connections,
     record_error,
@@ -30,13 +29,11 @@ from connection_manager.observability import (
     set_request_id,
     setup_logging,
 )
-from connection_manager.operations import Invocation, run_action
+from connection_manager.operations import Invocation, run_action, run_internal
 from connection_manager.schemas import truncate_for_json
-from connection_manager.service import ConnectionService
+from connection_manager.wiring import get_service
 
 log = logging.getLogger(__name__)
-
-_service: ConnectionService | None = None
 
 #: Keys of an action event that are addressing, not parameters.
 _ENVELOPE_KEYS = frozenset({"action", "command"})
@@ -58,15 +55,8 @@ if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
     _check_configuration_at_start()
 
 
-def get_service() -> ConnectionService:
-    """Build the service on first use, so bad configuration fails once with a clear message."""
-    global _service
-    if _service is None:
-        _service = ConnectionService(Settings.from_env())
-    return _service
-
-
-def lambda_handler(event: Any, context: Any = None) -> Any:
+def lambda_handler(event: Any, context: Any = None, *, invoker: str | None = None) -> Any:
+    """Answer one event. ``invoker`` names who sent a raw action when Lambda did not (the CLI's ``invoke``)."""
     setup_logging()
     set_request_id(getattr(context, "aws_request_id", None))
     try:
@@ -76,7 +66,7 @@ def lambda_handler(event: Any, context: Any = None) -> Any:
             _refuse_foreign(event)
             if _belongs_to_zappa(event):
                 return _delegate(event, context)
-        status, body = _dispatch(event, context)
+        status, body = _dispatch(event, context, invoker)
     except ConnectionManagerError as exc:
         status, body = exc.status, exc.to_body()
         if status >= 500:
@@ -90,7 +80,7 @@ def lambda_handler(event: Any, context: Any = None) -> Any:
     return {"statusCode": status, "body": body}
 
 
-def _dispatch(event: Any, context: Any) -> tuple[int, dict[str, Any]]:
+def _dispatch(event: Any, context: Any, invoker: str | None = None) -> tuple[int, dict[str, Any]]:
     time_left = getattr(context, "get_remaining_time_in_millis", None)
     if not isinstance(event, dict):
         raise ValidationError("The event must be a JSON object with an `action`")
@@ -101,7 +91,7 @@ def _dispatch(event: Any, context: Any) -> tuple[int, dict[str, Any]]:
         return result
     # `zappa invoke <stage> <function> --payload '{...}'` adds its own "command" key.
     payload = {key: value for key, value in event.items() if key not in _ENVELOPE_KEYS}
-    invocation = Invocation(principal=_invoker(context), time_left_ms=time_left)
+    invocation = Invocation(principal=invoker or _invoker(context), time_left_ms=time_left)
     status, body = run_action(get_service(), event.get("action"), payload, invocation=invocation)
     if "command" in event:
         # `zappa invoke` shows the function's log tail, not its return value.
@@ -158,8 +148,9 @@ def _websocket(event: dict[str, Any]) -> dict[str, Any]:
                 payload["metadata"] = metadata
             run_action(service, "register_connection", payload, invocation=Invocation(principal="apigateway:$connect"))
         elif route == "$disconnect":
-            if isinstance(connection_id, str) and connection_id:
-                _disconnect_client(service, connection_id)
+            run_internal(
+                service, "disconnect", {"connectionId": connection_id}, invocation=Invocation(principal="apigateway:$disconnect")
+            )
         else:
             run_action(service, "heartbeat", {"connectionId": connection_id})
     except ConnectionManagerError as exc:
@@ -169,17 +160,6 @@ def _websocket(event: dict[str, Any]) -> dict[str, Any]:
             return {"statusCode": exc.status, "body": exc.to_body()}
         log.info("websocket %s for %s ignored: %s", route, connection_id, exc.message)
     return {"statusCode": 200}
-
-
-def _disconnect_client(service: ConnectionService, connection_id: str) -> None:
-    """Mark the connection DISCONNECTED (reason client), with the audit line run_action would write."""
-    principal, target = "apigateway:$disconnect", f"connectionId={connection_id}"
-    try:
-        changed = service.disconnect(connection_id, DisconnectReason.CLIENT)
-    except ConnectionManagerError as exc:
-        audit(principal, "disconnect", target, f"error:{exc.code}")
-        raise
-    audit(principal, "disconnect", target, "ok:200" if changed else "unchanged")
 
 
 def _websocket_user(event: dict[str, Any]) -> Any:

@@ -13,6 +13,7 @@ from connection_manager import schemas as s
 from connection_manager.errors import ConnectionManagerError, ValidationError
 from connection_manager.observability import audit, record_sweep
 from connection_manager.service import ConnectionService, TimeLeft
+from models.connection import DisconnectReason
 
 Body = dict[str, Any]
 Result = tuple[int, Body]
@@ -27,6 +28,8 @@ class Invocation(msgspec.Struct, frozen=True):
 
     principal: str = "anonymous"
     time_left_ms: TimeLeft = None
+    #: Called with the number of rows done, by long operations that report progress (``seed``).
+    progress: Callable[[int], Any] | None = None
 
 
 class Operation(msgspec.Struct, frozen=True):
@@ -111,6 +114,49 @@ OPERATIONS: dict[str, Operation] = {
     )
 }
 
+def _client_disconnect(svc: ConnectionService, p: s.ClientDisconnect, _: Invocation) -> Result:
+    # One conditional write and no read: a repeated or unknown $disconnect only learns
+    # that nothing changed, which is all API Gateway (and the audit line) needs.
+    return 200, {"changed": svc.disconnect(p.connectionId, DisconnectReason.CLIENT) is not None}
+
+
+def _create_table(svc: ConnectionService, p: s.NoParams, _: Invocation) -> Result:
+    created = svc.create_table()
+    return (201 if created else 200), {"table": svc.settings.table_name, "created": created, "ttl": svc.enable_ttl()}
+
+
+def _reindex(svc: ConnectionService, p: s.NoParams, _: Invocation) -> Result:
+    outcome = svc.reindex()
+    return 200, {"reindexed": outcome.applied, "skipped": outcome.skipped, "failed": outcome.failed}
+
+
+def _seed(svc: ConnectionService, p: s.SeedDemo, inv: Invocation) -> Result:
+    from connection_manager.seed import SeedPlan, seed  # demo data only; never on a Lambda's path
+
+    plan = SeedPlan(p.live, p.stale, p.history, p.users, svc.settings.stale_after_seconds, p.prefix)
+    written = seed(plan, svc.clock(), progress=inv.progress, model=svc.model)
+    return 201, {"seeded": written, "live": plan.live, "stale": plan.stale, "history": plan.history}
+
+
+#: Operations no payload can name: the events AWS itself sends and the operator's CLI
+#: commands (reindex Scans, which the function's role may not). Validated and audited
+#: like the raw actions.
+INTERNAL_OPERATIONS: dict[str, Operation] = {
+    op.name: op
+    for op in (
+        Operation(
+            "disconnect",
+            s.ClientDisconnect,
+            _client_disconnect,
+            True,
+            "Mark a connection DISCONNECTED (reason client) when its WebSocket closes.",
+        ),
+        Operation("create_table", s.NoParams, _create_table, True, "Create the table and its indexes; enable TTL."),
+        Operation("reindex", s.NoParams, _reindex, True, "Put CONNECTED rows written by other tools into the index."),
+        Operation("seed", s.SeedDemo, _seed, True, "Write demo connections."),
+    )
+}
+
 #: Heartbeats are state changes but arrive at message rate; auditing each would drown the log.
 _NOT_AUDITED = frozenset({"heartbeat"})
 
@@ -132,6 +178,18 @@ def run_action(
     if operation is None:
         shown = name if len(name) <= 64 else name[:64] + "..."
         raise ValidationError(f"Unknown action '{shown}'; expected one of: " + ", ".join(OPERATIONS))
+    return _run(service, operation, payload, strict, invocation)
+
+
+def run_internal(service: ConnectionService, name: str, payload: dict[str, Any], *, invocation: Invocation) -> Result:
+    """Run one of ``INTERNAL_OPERATIONS`` (an AWS event, a CLI command), validated and audited alike."""
+    return _run(service, INTERNAL_OPERATIONS[name], payload, True, invocation)
+
+
+def _run(
+    service: ConnectionService, operation: Operation, payload: dict[str, Any], strict: bool, invocation: Invocation
+) -> Result:
+    name = operation.name
     params = s.parse(operation.schema, payload, strict=strict)
     if not operation.mutates or name in _NOT_AUDITED:
         return operation.run(service, params, invocation)
@@ -149,6 +207,10 @@ def _audit_details(name: str, body: Body) -> dict[str, Any]:
         return {"cleanedCount": body.get("cleanedCount"), "dryRun": body.get("dryRun")}
     if name == "disconnect_user":
         return {"disconnectedCount": body.get("disconnectedCount")}
+    if name in ("disconnect", "create_table"):
+        return {key: body.get(key) for key in ("changed", "created") if key in body}
+    if name in ("reindex", "seed"):
+        return body
     if name == "update_connection_status":
         return {"status": body.get("connection", {}).get("status")}
     return {}

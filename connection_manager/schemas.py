@@ -175,6 +175,20 @@ class Heartbeat(GetConnection):
     pass
 
 
+class ClientDisconnect(GetConnection):
+    """A WebSocket ``$disconnect``: API Gateway's event, not a raw action anyone may send."""
+
+
+class SeedDemo(Params):
+    """The CLI's ``seed``: demo rows (live, stale past the cutoff, DISCONNECTED history)."""
+
+    live: Annotated[int, Meta(ge=0)]
+    stale: Annotated[int, Meta(ge=0)] = 0
+    history: Annotated[int, Meta(ge=0)] = 0
+    users: Annotated[int, Meta(ge=0)] = 0
+    prefix: str = "demo"
+
+
 class DisconnectUser(Params):
     userId: KeyString
 

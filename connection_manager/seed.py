@@ -32,12 +32,17 @@ class SeedPlan:
         return self.live + self.stale + self.history
 
 
-def seed(plan: SeedPlan, now: datetime, progress: Callable[[int], None] | None = None) -> int:
-    """Write ``plan.total`` rows; returns how many. ``progress(n)`` is called per batch."""
+def seed(
+    plan: SeedPlan,
+    now: datetime,
+    progress: Callable[[int], None] | None = None,
+    model: type[ConnectionModel] = ConnectionModel,
+) -> int:
+    """Write ``plan.total`` rows into ``model``'s table; returns how many. ``progress(n)`` is called per batch."""
     rng = random.Random(plan.seed)
     users = plan.users or max(1, plan.total // 3)
     written = 0
-    with ConnectionModel.batch_write() as batch:
+    with model.batch_write() as batch:
         for index in range(plan.total):
             kind = "live" if index < plan.live else "stale" if index < plan.live + plan.stale else "history"
             connection_id = f"{plan.prefix}-{kind}-{index:07d}"
@@ -49,7 +54,7 @@ def seed(plan: SeedPlan, now: datetime, progress: Callable[[int], None] | None =
                 last_active = now - timedelta(seconds=plan.stale_after_seconds + rng.randrange(60, 48 * 3600))
                 created = last_active - timedelta(seconds=rng.randrange(60, 3600))
             metadata = {"sourceIp": f"203.0.113.{rng.randrange(1, 255)}", "userAgent": rng.choice(_AGENTS)}
-            row = new_connection_row(connection_id, user_id, created, metadata)
+            row = new_connection_row(connection_id, user_id, created, metadata, model)
             row.last_active_at = max(last_active, created)
             row.updated_at = row.last_active_at
             if kind == "history":

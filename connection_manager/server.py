@@ -63,10 +63,10 @@ class AccessLogHandler(WSGIRequestHandler):
 class EmbeddedDynamo:
     """moto's DynamoDB in a background thread, on a free loopback port."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         from moto.server import ThreadedMotoServer
 
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         self.url = ""
 
     def start(self) -> str:
@@ -92,12 +92,64 @@ def point_at(url: str, environ: Any = None) -> None:
     env["AWS_EC2_METADATA_DISABLED"] = "true"
 
 
+def local_exports(url: str) -> list[str]:
+    """Shell lines that point the CLI (or any AWS SDK) at a local DynamoDB, with dummy credentials."""
+    return [
+        f"export AWS_ENDPOINT_URL_DYNAMODB={url}",
+        "export AWS_ACCESS_KEY_ID=local",
+        "export AWS_SECRET_ACCESS_KEY=local",
+        "export AWS_REGION=us-east-1",
+    ]
+
+
+def local_dynamodb(port: int = 8000, out: TextIO = sys.stdout, wait: Any = None) -> int:
+    """Run moto's DynamoDB on loopback in the foreground and print the exports that reach it.
+
+    ``wait`` blocks until the server should stop (default: until Ctrl-C or SIGTERM).
+    """
+    try:
+        dynamo = EmbeddedDynamo(port)
+    except ImportError:
+        print("error: local-dynamodb needs moto, a development dependency; install it with: pip install -e '.[dev]'",
+              file=sys.stderr)
+        return 2
+    try:
+        url = dynamo.start()
+    except OSError as exc:
+        print(f"error: cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    try:
+        print(f"# local DynamoDB (moto, in memory) on {url}; paste these lines into another shell:", file=out)
+        for line in local_exports(url):
+            print(line, file=out)
+        print("# then: connection-manager create-table && connection-manager seed 100 --stale 10", file=out)
+        print("# Ctrl-C stops it (and forgets every table).", file=out, flush=True)
+        (wait or _wait_for_stop)()
+        return 0
+    finally:
+        dynamo.stop()
+
+
+def _wait_for_stop() -> None:
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+
+
 def prepare_demo(out: TextIO) -> None:
     """Create the table (with TTL) and seed demo rows through the process-wide service."""
-    from connection_manager.handler import get_service
+    from connection_manager.wiring import get_service
     from connection_manager.seed import SeedPlan, seed
 
     service = get_service()
+    table = service.settings.table_name
+    print(f"embedded DynamoDB: creating table '{table}' with its indexes...", file=out, flush=True)
     service.create_table()
     service.enable_ttl()
     plan = SeedPlan(
@@ -106,9 +158,10 @@ def prepare_demo(out: TextIO) -> None:
         history=DEMO_HISTORY,
         stale_after_seconds=service.settings.stale_after_seconds,
     )
-    written = seed(plan, service.clock())
+    print(f"embedded DynamoDB: seeding {plan.total} demo rows...", file=out, flush=True)
+    written = seed(plan, service.clock(), model=service.model)
     print(
-        f"embedded DynamoDB: table '{service.settings.table_name}' with {written} demo rows "
+        f"embedded DynamoDB: table '{table}' with {written} demo rows "
         f"({plan.live} live, {plan.stale} stale, {plan.history} disconnected)",
         file=out,
         flush=True,
@@ -139,7 +192,9 @@ def _serve(host: str, port: int, embedded: bool) -> int:
             return 2
     try:
         if dynamo is not None:
+            print("embedded DynamoDB: starting moto's DynamoDB in this process...", flush=True)
             point_at(dynamo.start())
+            print(f"embedded DynamoDB: listening on {dynamo.url}", flush=True)
         try:
             settings = Settings.from_env()
         except ConnectionManagerError as exc:

@@ -29,8 +29,8 @@ from models.connection import (
     ConnectionModel,
     ConnectionStatus,
     DisconnectReason,
-    configure,
     format_timestamp,
+    model_for,
     shard_for,
 )
 
@@ -103,10 +103,14 @@ class SweepResult(msgspec.Struct, frozen=True):
 
 
 def new_connection_row(
-    connection_id: str, user_id: str, now: datetime, metadata: dict[str, Any] | None = None
+    connection_id: str,
+    user_id: str,
+    now: datetime,
+    metadata: dict[str, Any] | None = None,
+    model: type[ConnectionModel] = ConnectionModel,
 ) -> ConnectionModel:
     """A fresh CONNECTED row, in the sparse index from its first write."""
-    return ConnectionModel(
+    return model(
         connection_id,
         user_id=user_id,
         status=CONNECTED,
@@ -119,12 +123,20 @@ def new_connection_row(
 
 
 class ConnectionService:
-    """The operations of the contract; one instance per process is enough."""
+    """The operations of the contract; one instance per process is enough.
 
-    def __init__(self, settings: Settings, clock: Clock = utc_now) -> None:
+    ``model`` is the table's model class; without one the service gets a class of its own
+    for ``settings``' table, so building a service never rebinds one already in use.
+    Conditions and update actions name attributes through ``ConnectionModel``: they are
+    attribute paths, the same on every table's class.
+    """
+
+    def __init__(
+        self, settings: Settings, clock: Clock = utc_now, model: type[ConnectionModel] | None = None
+    ) -> None:
         self.settings = settings
         self.clock = clock
-        configure(settings)
+        self.model = model if model is not None else model_for(settings)
 
     @cached_property
     def _tokens(self) -> TokenCodec:
@@ -141,10 +153,10 @@ class ConnectionService:
     def create_table(self) -> bool:
         """Create the table and its indexes if missing; True when it was created now."""
         with dynamo_errors("create_table"):
-            if ConnectionModel.exists():
+            if self.model.exists():
                 return False
             # TTL is switched on by enable_ttl, where a server without TTL support can be reported.
-            ConnectionModel.create_table(wait=True, billing_mode="PAY_PER_REQUEST", ignore_update_ttl_errors=True)
+            self.model.create_table(wait=True, billing_mode="PAY_PER_REQUEST", ignore_update_ttl_errors=True)
             return True
 
     def enable_ttl(self) -> bool:
@@ -154,23 +166,23 @@ class ConnectionService:
             # create_table has already enabled it: look before writing.
             if self._ttl_enabled():
                 return True
-            ConnectionModel.update_ttl(ignore_update_ttl_errors=False)
+            self.model.update_ttl(ignore_update_ttl_errors=False)
         except Exception as exc:  # servers without TTL support fail in several ways
             log.warning("could not enable TTL on %s: %s", self.settings.table_name, exc)
             return False
         return True
 
     def _ttl_enabled(self) -> bool:
-        client = ConnectionModel._get_connection().connection.client
+        client = self.model._get_connection().connection.client
         answer = client.describe_time_to_live(TableName=self.settings.table_name)
         description = answer.get("TimeToLiveDescription", {})
         return description.get("TimeToLiveStatus") in ("ENABLED", "ENABLING") and description.get(
             "AttributeName"
-        ) == ConnectionModel._ttl_attribute().attr_name
+        ) == self.model._ttl_attribute().attr_name
 
     def health(self) -> dict[str, Any]:
         with dynamo_errors("health check"):
-            ConnectionModel.describe_table()
+            self.model.describe_table()
         return {"status": "ok", "table": self.settings.table_name}
 
     # Reads ------------------------------------------------------------------------------
@@ -188,7 +200,7 @@ class ConnectionService:
         start = self._tokens.decode(next_token, scope, shards=1, key_names=_USER_KEYS).key if next_token else None
         _check_start_key(start, {"userId": {"S": user_id}, "status": {"S": CONNECTED}})
         with dynamo_errors("get_user_connections"):
-            results = ConnectionModel.user_index.query(
+            results = self.model.user_index.query(
                 user_id,
                 range_key_condition=ConnectionModel.status == CONNECTED,
                 limit=limit,
@@ -222,7 +234,7 @@ class ConnectionService:
         with dynamo_errors("get_all_connections"):
             while shard < ACTIVE_SHARDS:
                 wanted = limit - len(rows)
-                results = ConnectionModel.active_index.query(
+                results = self.model.active_index.query(
                     shard, filter_condition=_LIVE, limit=wanted, page_size=wanted, last_evaluated_key=start
                 )
                 used, full = _fill(rows, results, used)
@@ -247,7 +259,7 @@ class ConnectionService:
         """
         with dynamo_errors("count_active"):
             return sum(
-                ConnectionModel.active_index.count(shard, filter_condition=_LIVE) for shard in range(ACTIVE_SHARDS)
+                self.model.active_index.count(shard, filter_condition=_LIVE) for shard in range(ACTIVE_SHARDS)
             )
 
     def stats(self) -> Stats:
@@ -279,7 +291,7 @@ class ConnectionService:
         answer was lost and returns the stored row with ``created=False``; any other existing
         id is a conflict.
         """
-        row = new_connection_row(connection_id, user_id, self.clock(), metadata)
+        row = new_connection_row(connection_id, user_id, self.clock(), metadata, self.model)
         try:
             with dynamo_errors("register_connection"):
                 row.save(condition=ConnectionModel.connection_id.does_not_exist())
@@ -298,7 +310,7 @@ class ConnectionService:
     def heartbeat(self, connection_id: str) -> dict[str, Any]:
         """Refresh ``lastActiveAt`` of a CONNECTED row; a DISCONNECTED one stays as it is (409)."""
         now = self.clock()
-        row = ConnectionModel(connection_id)
+        row = self.model(connection_id)
         actions = [
             ConnectionModel.last_active_at.set(now),
             ConnectionModel.updated_at.set(now),
@@ -318,7 +330,7 @@ class ConnectionService:
             row = self._disconnect_if_connected(connection_id, DisconnectReason.ADMIN)
             return to_record(row) if row is not None else self.get_connection(connection_id)  # unchanged, or 404
         now = self.clock()
-        row = ConnectionModel(connection_id)
+        row = self.model(connection_id)
         actions = [
             ConnectionModel.status.set(CONNECTED),
             ConnectionModel.last_active_at.set(now),
@@ -347,7 +359,7 @@ class ConnectionService:
         with dynamo_errors("disconnect_user"):
             ids = (
                 row.connection_id
-                for row in ConnectionModel.user_index.query(
+                for row in self.model.user_index.query(
                     user_id, range_key_condition=ConnectionModel.status == CONNECTED, attributes_to_get=["connectionId"]
                 )
             )
@@ -457,7 +469,7 @@ class ConnectionService:
     def _get(self, connection_id: str, missing: Exception | None = None) -> ConnectionModel:
         try:
             with dynamo_errors("get_connection"):
-                return ConnectionModel.get(connection_id, consistent_read=True)
+                return self.model.get(connection_id, consistent_read=True)
         except DoesNotExist:
             raise (missing or NotFoundError(f"Connection '{connection_id}' does not exist")) from None
 
@@ -470,7 +482,7 @@ class ConnectionService:
     ) -> Iterable[ConnectionModel]:
         """Stream the sparse index shard by shard; one page in memory at a time."""
         for shard in range(ACTIVE_SHARDS):
-            yield from ConnectionModel.active_index.query(
+            yield from self.model.active_index.query(
                 shard,
                 range_key_condition=range_key_condition,
                 filter_condition=filter_condition,
@@ -510,7 +522,7 @@ class ConnectionService:
         A retry of this very write whose first answer was lost counts as this write having
         applied it (see :meth:`_update_or_current`).
         """
-        row = ConnectionModel(connection_id)
+        row = self.model(connection_id)
         condition = ConnectionModel.connection_id.exists() & (ConnectionModel.status == CONNECTED)
         write_id = _new_write_id()
         applied, current = self._update_or_current(
@@ -525,7 +537,7 @@ class ConnectionService:
 
     def _sweep_one(self, connection_id: str, cutoff: datetime) -> str:
         """Mark one row stale if it still is; take a DISCONNECTED row met in the index out of it."""
-        row = ConnectionModel(connection_id)
+        row = self.model(connection_id)
         condition = (ConnectionModel.status == CONNECTED) & (ConnectionModel.last_active_at < cutoff)
         write_id = _new_write_id()
         applied, current = self._update_or_current(
@@ -541,7 +553,7 @@ class ConnectionService:
         """Remove ``activeShard`` from a row that is not CONNECTED (another tool disconnected it
         and left it), so listings, counts and later sweeps stop reading it. Conditional, so a
         row revived in between keeps its place in the index."""
-        row = ConnectionModel(connection_id)
+        row = self.model(connection_id)
         condition = ConnectionModel.active_shard.exists() & (ConnectionModel.status != CONNECTED)
         actions = [ConnectionModel.active_shard.remove()]
         return REPAIRED if self._conditional_update(row, actions, condition, "sweep repair") else SKIPPED
@@ -560,7 +572,7 @@ class ConnectionService:
         with dynamo_errors("reindex"):
             ids = (
                 row.connection_id
-                for row in ConnectionModel.scan(
+                for row in self.model.scan(
                     filter_condition=(ConnectionModel.status == CONNECTED) & missing,
                     attributes_to_get=["connectionId"],
                 )
@@ -568,7 +580,7 @@ class ConnectionService:
             return self._write_all(ids, self._reindex_one)
 
     def _reindex_one(self, connection_id: str) -> str:
-        row = ConnectionModel(connection_id)
+        row = self.model(connection_id)
         actions = [
             ConnectionModel.last_active_at.set(ConnectionModel.last_active_at | ConnectionModel.created_at),
             ConnectionModel.active_shard.set(shard_for(connection_id)),
@@ -584,7 +596,7 @@ class ConnectionService:
         with the failed condition, so telling what happened costs no read."""
         with dynamo_errors(operation):
             applied, item = update_or_current(row, actions, condition)
-        return applied, (ConnectionModel.from_raw_data(item) if item is not None else None)
+        return applied, (self.model.from_raw_data(item) if item is not None else None)
 
     def _write_all(
         self, ids: Iterable[str], write: Callable[[str], str], stop: Callable[[], bool] | None = None

@@ -10,6 +10,7 @@ from models.connection import (
     DisconnectReason,
     UserIdIndex,
     configure,
+    model_for,
     shard_for,
 )
 
@@ -21,5 +22,6 @@ __all__ = [
     "DisconnectReason",
     "UserIdIndex",
     "configure",
+    "model_for",
     "shard_for",
 ]

@@ -205,13 +205,33 @@ class TableSettings(Protocol):
 
 
 def configure(settings: TableSettings) -> None:
-    """Bind the model to a table, region and retry policy chosen at run time.
+    """Bind the shared model to a table, region and retry policy chosen at run time.
 
+    Once per process, by the composition root (``connection_manager.wiring``), before the
+    first request: every object already using the class follows it, which is why nothing
+    else may call this under a live service (use :func:`model_for` for a second table).
     PynamoDB reads ``Meta`` when it first builds its connection, so the cached connection
     is dropped here; the endpoint itself comes from botocore's standard
     ``AWS_ENDPOINT_URL_DYNAMODB`` resolution.
     """
-    meta = ConnectionModel.Meta
+    _bind(ConnectionModel.Meta, settings)
+    ConnectionModel._connection = None
+
+
+def model_for(settings: TableSettings) -> type[ConnectionModel]:
+    """A ``ConnectionModel`` subclass of its own, bound to the table ``settings`` name.
+
+    A second table in one process (a test, a migration between tables) gets its own class,
+    so binding it cannot repoint a service already working on the shared one. PynamoDB
+    copies the indexes onto each subclass, and each subclass builds its own connection.
+    """
+    meta = type("Meta", (ConnectionModel.Meta,), {})
+    _bind(meta, settings)
+    namespace = {"Meta": meta, "_connection": None, "__module__": __name__, "__qualname__": "ConnectionModel"}
+    return type("ConnectionModel", (ConnectionModel,), namespace)
+
+
+def _bind(meta: Any, settings: TableSettings) -> None:
     meta.table_name = settings.table_name
     meta.region = settings.region  # type: ignore[attr-defined]
     meta.connect_timeout_seconds = settings.connect_timeout_seconds  # type: ignore[attr-defined]
@@ -220,4 +240,3 @@ def configure(settings: TableSettings) -> None:
     # PynamoDB 6.1 builds its connection from ``max_retry_attempts`` only (botocore's
     # "standard" mode, 1 + this many tries) and never passes ``retry_configuration`` on.
     meta.max_retry_attempts = settings.max_retry_attempts  # type: ignore[attr-defined]
-    ConnectionModel._connection = None

@@ -107,9 +107,9 @@ def error_of(response: Any) -> dict[str, Any]:
 
 def test_factory__module_app_builds_no_service_on_import() -> None:
     code = (
-        "import connection_manager.app as m, connection_manager.handler as h;"
+        "import connection_manager.app as m, connection_manager.wiring as w;"
         "assert m.app.name == 'connection_manager.app';"
-        "assert h._service is None, 'importing the app built the service'"
+        "assert w._service is None, 'importing the app built the service'"
     )
     env = {**os.environ, "AWS_ENDPOINT_URL_DYNAMODB": "http://127.0.0.1:9", "CONNECTIONS_TABLE_NAME": ""}
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)

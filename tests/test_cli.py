@@ -156,3 +156,61 @@ def test_unknown_command__usage_error(capsys):
     with pytest.raises(SystemExit) as raised:
         cli.main(["explode"])
     assert raised.value.code == 2
+
+
+# Audit: every state change the CLI makes is one audit line as cli:<user> ----------------------
+
+
+@pytest.fixture
+def fresh_cli_logging(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Logging as a fresh ``connection-manager`` process finds it: not configured yet."""
+    import logging
+
+    root = logging.getLogger()
+    monkeypatch.setattr(observability, "_configured", False)
+    monkeypatch.setattr(root, "handlers", list(root.handlers))  # restored after the test
+    monkeypatch.setattr(logging.getLogger("connection_manager.audit"), "level", logging.NOTSET)
+    monkeypatch.setattr(root, "level", logging.WARNING)
+    monkeypatch.setattr("getpass.getuser", lambda: "alice")
+
+
+def audit_lines(err: str) -> list[str]:
+    return [line.split(" audit ", 1)[1] for line in err.splitlines() if "connection_manager.audit audit " in line]
+
+
+def test_cleanup__writes_one_audit_line_as_the_cli_user(capsys, handler_service, make_connection, fresh_cli_logging):
+    # Given a stale connection
+    make_connection("idle-2h", user_id="u1", idle=timedelta(hours=2))
+
+    # When the operator sweeps from the CLI
+    code, out, err = run(capsys, "cleanup")
+
+    # Then the sweep is done and audited once, as cli:<user>, on stderr (stdout stays JSON)
+    assert code == 0 and json.loads(out)["cleanedCount"] == 1
+    assert audit_lines(err) == ["cli:alice cleanup_stale_connections * -> ok:200"]
+    assert raw_item("idle-2h")["status"] == "DISCONNECTED"
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (("invoke", '{"action": "disconnect_user", "userId": "u1"}'), "cli:alice disconnect_user userId=u1 -> ok:200"),
+        (("create-table",), "cli:alice create_table * -> ok:200"),
+        (("reindex",), "cli:alice reindex * -> ok:200"),
+        (("seed", "2", "--quiet"), "cli:alice seed * -> ok:201"),
+    ],
+    ids=["invoke", "create-table", "reindex", "seed"],
+)
+def test_state_changing_commands__each_audited_as_the_cli_user(
+    capsys, handler_service, make_connection, fresh_cli_logging, argv, expected
+):
+    # Given a table with one live connection
+    make_connection("c1", user_id="u1")
+
+    # When a state-changing command runs
+    code, _, err = run(capsys, *argv)
+
+    # Then it wrote exactly one audit line, naming the operator
+    assert code == 0, err
+    assert audit_lines(err) == [expected]
+    assert {item["connectionId"] for item in raw_items()} >= {"c1"}

@@ -26,7 +26,8 @@ import json, sys
 def loaded():
     return sorted(name for name in HTTP_ONLY if name in sys.modules)
 
-from connection_manager.handler import get_service, lambda_handler
+from connection_manager.handler import lambda_handler
+from connection_manager.wiring import get_service
 
 report = {"after_import": loaded()}
 get_service().create_table()

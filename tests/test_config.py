@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-import connection_manager.handler as handler_module
+import connection_manager.wiring as wiring
 import connection_manager.observability as observability
 from connection_manager import cli
 from connection_manager.config import Settings
@@ -200,7 +200,7 @@ def test_lambda_handler__configuration_fixed_later_is_picked_up(broken_env, monk
 
     response = lambda_handler({"action": "get_all_connections"}, None)
     assert response == {"statusCode": 200, "body": {"connections": [], "count": 0}}
-    assert handler_module.get_service().settings.stale_after_seconds == 60
+    assert wiring.get_service().settings.stale_after_seconds == 60
 
 
 def test_cli__bad_configuration_is_one_line_on_stderr(broken_env, capsys):

@@ -465,13 +465,11 @@ def test_next_token__from_another_listing_is_400(make_connection):
     error({"action": "get_all_connections", "nextToken": alice_token}, 400, "ValidationError")
 
 
-def test_next_token__issued_for_another_table_is_400(make_connection, monkeypatch, settings, clock):
+def test_next_token__issued_for_another_table_is_400(make_connection, clock):
     for index in range(3):
         make_connection(f"c{index}", user_id="u1")
     other = ConnectionService(Settings(table_name="other-table", region="us-east-1"), clock)
     foreign = other._tokens.encode("all", Cursor(1, None))
-    # Building ``other`` rebinds the model; bind it back to the test's table.
-    monkeypatch.setattr("connection_manager.handler._service", ConnectionService(settings, clock))
 
     error({"action": "get_all_connections", "nextToken": foreign}, 400, "ValidationError", "nextToken")
 
@@ -621,6 +619,24 @@ def test_websocket_disconnect__marks_client_reason_and_repeats_harmlessly(make_c
 def test_websocket_disconnect__unknown_connection_is_200_and_creates_nothing():
     assert invoke(websocket_event("websocket_disconnect", "never-seen")) == {"statusCode": 200}
     assert raw_items() == []
+
+
+def test_websocket_disconnect__id_longer_than_dynamodb_allows__200_and_never_sent(handler_service, monkeypatch):
+    # Given a $disconnect whose connection id is longer than a DynamoDB key may be
+    # (DynamoDB itself would answer a ValidationException, a 500 here)
+    event = websocket_event("websocket_disconnect", "x" * 2049)
+    monkeypatch.setattr(handler_service, "disconnect", _never_called)
+
+    # When it arrives
+    response = invoke(event)
+
+    # Then it is validated like every other event and ignored with a 200, before any write
+    assert response == {"statusCode": 200}
+    assert raw_items() == []
+
+
+def _never_called(*args, **kwargs):
+    raise AssertionError("an invalid id reached the service")
 
 
 def test_websocket_message__refreshes_last_active_at(make_connection, clock):

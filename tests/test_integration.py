@@ -19,9 +19,10 @@ import boto3
 import pytest
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
-import connection_manager.handler as handler_module
+import connection_manager.wiring as wiring
 import connection_manager.observability as observability
-from connection_manager.handler import get_service, lambda_handler
+from connection_manager.handler import lambda_handler
+from connection_manager.wiring import get_service
 from models.connection import format_timestamp, shard_for
 from tests.support.engines import Engine
 from tests.support.events import FakeLambdaContext, load_event, websocket_event
@@ -37,7 +38,7 @@ def endpoint(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> str:
     """An empty server that the service (and any child process) reaches over HTTP."""
     monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", engine.url)
     monkeypatch.setenv("CONNECTIONS_TABLE_NAME", TABLE)
-    monkeypatch.setattr(handler_module, "_service", None)
+    monkeypatch.setattr(wiring, "_service", None)
     monkeypatch.setattr(observability, "_configured", True)
     return engine.url
 

@@ -150,6 +150,32 @@ def test_audit__one_line_per_state_change_with_who_what_target_outcome(
     assert all(a["function_request_id"] == context.aws_request_id for a in audits)
 
 
+def test_websocket_disconnect__repeated__one_audit_line_each_through_the_dispatch_table_without_a_read(
+    handler_service: ConnectionService, lambda_logs: Lines, make_connection: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a live connection, and a service that must not read the row to disconnect it
+    make_connection("ws-1", user_id="u1")
+    monkeypatch.setattr(handler_service, "_get", _no_read)
+    monkeypatch.setattr(handler_service, "get_connection", _no_read)
+
+    # When API Gateway delivers its $disconnect twice
+    for _ in range(2):
+        assert lambda_handler(websocket_event("websocket_disconnect", "ws-1"), FakeLambdaContext()) == {"statusCode": 200}
+
+    # Then each delivery wrote the dispatch table's audit line, the second one changing nothing
+    audits = _audits(lambda_logs())
+    assert [(a["principal"], a["action"], a["target"], a["outcome"], a["changed"]) for a in audits] == [
+        ("apigateway:$disconnect", "disconnect", "connectionId=ws-1", "ok:200", True),
+        ("apigateway:$disconnect", "disconnect", "connectionId=ws-1", "ok:200", False),
+    ]
+    # And the row is DISCONNECTED by the client
+    assert (raw_item("ws-1")["status"], raw_item("ws-1")["disconnectReason"]) == ("DISCONNECTED", "client")
+
+
+def _no_read(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError("a $disconnect read the row")
+
+
 def test_audit__not_hidden_by_log_level(
     handler_service: ConnectionService, lambda_logs: Lines, monkeypatch: pytest.MonkeyPatch
 ) -> None:

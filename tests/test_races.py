@@ -24,7 +24,7 @@ import boto3
 import pytest
 from boto3.dynamodb.types import TypeDeserializer
 
-import connection_manager.handler as handler_module
+import connection_manager.wiring as wiring
 from connection_manager.clock import FixedClock
 from connection_manager.config import Settings
 from connection_manager.errors import ConflictError
@@ -144,9 +144,9 @@ def wire(engine: Engine, engine_proxy: DynamoProxy, monkeypatch: pytest.MonkeyPa
     """
     engine_proxy.serialize_upstream = not engine.atomic_conditional_writes
     monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", engine_proxy.url)
-    monkeypatch.setattr(handler_module, "_service", None)
+    monkeypatch.setattr(wiring, "_service", None)
     settings = Settings(table_name="connections-race", region="us-east-1", sweep_concurrency=8)
-    ConnectionService(settings, FixedClock(NOW)).create_table()
+    wiring.build_service(settings, FixedClock(NOW)).create_table()  # binds the model _seed writes through
     return settings
 
 

@@ -19,7 +19,7 @@ import pytest
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from moto import mock_aws
 
-import connection_manager.handler as handler_module
+import connection_manager.wiring as wiring
 from connection_manager.clock import FixedClock
 from connection_manager.config import Settings
 from connection_manager.service import ConnectionService, new_connection_row
@@ -107,7 +107,7 @@ def settings() -> Settings:
 @pytest.fixture
 def fresh_handler_service(monkeypatch: pytest.MonkeyPatch) -> None:
     """Forget the process-wide service, so each test builds it from its own environment."""
-    monkeypatch.setattr(handler_module, "_service", None)
+    monkeypatch.setattr(wiring, "_service", None)
 
 
 _loader = botocore.loaders.create_loader()
@@ -131,7 +131,8 @@ def _mocked_service(
 ) -> Iterator[ConnectionService]:
     monkeypatch.setattr(pynamodb_base, "get_session", _session_with_shared_loader)
     with mock_aws():
-        service = ConnectionService(settings, clock)
+        # Bound the way the composition root binds it, so the table helpers below read it.
+        service = wiring.build_service(settings, clock)
         service.create_table()
         yield service
 
@@ -151,7 +152,7 @@ def service(_mocked_service: ConnectionService, dynamodb: Any) -> ConnectionServ
 @pytest.fixture
 def handler_service(service: ConnectionService, monkeypatch: pytest.MonkeyPatch) -> ConnectionService:
     """Make ``lambda_handler`` use the test's service (and so its fixed clock)."""
-    monkeypatch.setattr(handler_module, "_service", service)
+    monkeypatch.setattr(wiring, "_service", service)
     return service
 
 

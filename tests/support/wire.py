@@ -13,7 +13,7 @@ import boto3
 import pytest
 from boto3.dynamodb.types import TypeDeserializer
 
-import connection_manager.handler as handler_module
+import connection_manager.wiring as wiring
 from connection_manager.service import ConnectionService
 
 TABLE = "connections"
@@ -27,8 +27,8 @@ def use_endpoint(monkeypatch: pytest.MonkeyPatch, url: str, **env: str) -> Conne
     monkeypatch.setenv("CONNECTIONS_TABLE_NAME", TABLE)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setattr(handler_module, "_service", None)
-    return handler_module.get_service()
+    monkeypatch.setattr(wiring, "_service", None)
+    return wiring.get_service()
 
 
 def direct_client(url: str) -> Any:
