@@ -198,6 +198,7 @@ def _discover(base: str) -> tuple[list[str], list[str]]:
     token: str | None = None
     with requests.Session() as session:
         session.trust_env = False
+        session.headers["Authorization"] = f"Bearer {TOKEN}"  # reads need the token too
         while True:
             params = {"limit": 100, **({"nextToken": token} if token else {})}
             body = session.get(f"{base}/connections", params=params, timeout=30).json()
