@@ -101,7 +101,7 @@ def test_prepare_demo__reports_table_and_seeding_before_the_summary(handler_serv
         f"embedded DynamoDB: table 'connections' with 275 demo rows "
         f"({server.DEMO_LIVE} live, {server.DEMO_STALE} stale, {server.DEMO_HISTORY} disconnected)",
     ]
-    assert handler_service.stats().active == server.DEMO_LIVE + server.DEMO_STALE
+    assert handler_service.stats().active_connections == server.DEMO_LIVE + server.DEMO_STALE
 
 
 def test_serve__embedded__announces_the_dynamodb_it_starts(monkeypatch, capsys) -> None:
