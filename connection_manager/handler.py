@@ -22,13 +22,14 @@ from connection_manager.errors import ConnectionManagerError, InternalError, Val
 from connection_manager.observability import (
     audit,
     metrics_enabled,
+    record_activity_failure,
     record_active_connections,
     record_error,
     set_request_id,
     setup_logging,
 )
 from connection_manager.operations import Invocation, run_action
-from connection_manager.service import ConnectionService
+from connection_manager.service import NOT_CONNECTED, ConnectionService
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,7 @@ def _websocket(event: dict[str, Any]) -> dict[str, Any]:
             if isinstance(connection_id, str) and connection_id:
                 _disconnect_client(service, connection_id)
         else:
-            run_action(service, "heartbeat", {"connectionId": connection_id})
+            _message(service, connection_id)
     except ConnectionManagerError as exc:
         if route == "$connect" or exc.status >= 500:
             # Refusing the handshake is the only way to tell a client its $connect failed.
@@ -165,6 +166,24 @@ def _websocket(event: dict[str, Any]) -> dict[str, Any]:
             return {"statusCode": exc.status, "body": exc.to_body()}
         log.info("websocket %s for %s ignored: %s", route, connection_id, exc.message)
     return {"statusCode": 200}
+
+
+def _message(service: ConnectionService, connection_id: Any) -> None:
+    """Activity of a message: at most one write per interval, and never a failed message.
+
+    The client's message has been delivered whatever happens here, so a failed activity
+    write is logged and counted (``ActivityWritesFailed``), and API Gateway gets its 200.
+    """
+    if not isinstance(connection_id, str) or not connection_id:
+        return
+    try:
+        outcome = service.record_activity(connection_id)
+    except ConnectionManagerError as exc:
+        log.warning("activity of %s not recorded: %s", connection_id, exc.message)
+        record_activity_failure(exc.code)
+        return
+    if outcome == NOT_CONNECTED:
+        log.info("message on %s ignored: no CONNECTED row", connection_id)
 
 
 def _disconnect_client(service: ConnectionService, connection_id: str) -> None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 import msgspec
 from pynamodb.exceptions import DoesNotExist, PynamoDBException
 
+from connection_manager.activity import ActivityMemory
 from connection_manager.bulk import APPLIED, SKIPPED, BoundedWriter, BulkOutcome
 from connection_manager.clock import Clock, utc_now
 from connection_manager.config import Settings
@@ -23,12 +24,14 @@ from connection_manager.dynamo import dynamo_errors, error_code, is_condition_fa
 from connection_manager.errors import ConflictError, NotFoundError, UnavailableError, ValidationError
 from connection_manager.records import to_record
 from models.connection import (
-    ACTIVE_SHARDS,
     ConnectionModel,
     ConnectionStatus,
     DisconnectReason,
+    activity_bucket,
     configure,
     format_timestamp,
+    live_shards,
+    parse_timestamp,
     shard_for,
 )
 
@@ -41,7 +44,7 @@ log = logging.getLogger(__name__)
 CONNECTED = ConnectionStatus.CONNECTED.value
 DISCONNECTED = ConnectionStatus.DISCONNECTED.value
 
-_ACTIVE_KEYS = frozenset({"connectionId", "activeShard", "lastActiveAt"})
+_ACTIVE_KEYS = frozenset({"connectionId", "activeShard", "activeBucket"})
 _USER_KEYS = frozenset({"connectionId", "userId", "status"})
 
 #: Milliseconds of Lambda time left; None when the caller has no deadline.
@@ -57,6 +60,12 @@ RESPONSE_BUDGET_BYTES = 1_000_000
 #: Rows per Query page of the stale sweep: one page is all it holds in memory, whatever
 #: the number of stale rows (DynamoDB's own 1 MB pages would hold tens of thousands).
 SWEEP_PAGE_SIZE = 200
+
+#: What a WebSocket message did to ``lastActiveAt``.
+WRITTEN = "written"  # the stored time was older than the interval: moved to now
+REMEMBERED = "remembered"  # this process knew it was recent: no request at all
+CURRENT = "current"  # the table said it was recent (a failed condition, 1 write unit)
+NOT_CONNECTED = "not_connected"  # no such row, or not CONNECTED: nothing changed
 
 
 class Page(msgspec.Struct, frozen=True):
@@ -135,6 +144,7 @@ def new_connection_row(
         updated_at=now,
         metadata=metadata,
         active_shard=shard_for(connection_id),
+        active_bucket=activity_bucket(now),
     )
 
 
@@ -144,6 +154,7 @@ class ConnectionService:
     def __init__(self, settings: Settings, clock: Clock = utc_now) -> None:
         self.settings = settings
         self.clock = clock
+        self.activity = ActivityMemory(settings.activity_memory_size)
         configure(settings)
 
     @cached_property
@@ -197,20 +208,46 @@ class ConnectionService:
                 page_size=limit,
                 last_evaluated_key=start,
             )
-            rows: list[dict[str, Any]] = []
-            full = _fill(rows, results, 0)[1]
-            last_key = results.last_evaluated_key
-        more = last_key and (full or len(rows) == limit)
-        token = self._tokens.encode(scope, Cursor(0, last_key)) if more else None
+            ids = [row.connection_id for row in results]
+            index_end = results.last_evaluated_key
+            # The index holds keys only (activity writes would otherwise pay for a copy
+            # there too); the records come from the table, in the index's order.
+            stored = {row.connection_id: row for row in ConnectionModel.batch_get(ids)} if ids else {}
+        rows: list[dict[str, Any]] = []
+        used, last_taken = 0, None
+        for connection_id in ids:
+            last_taken = connection_id
+            row = stored.get(connection_id)
+            if row is None or row.status != CONNECTED:
+                continue  # disconnected since the index was read
+            record = to_record(row)
+            rows.append(record)
+            used += len(json.dumps(record, default=str))
+            if used >= RESPONSE_BUDGET_BYTES:
+                break
+        if last_taken is not None and last_taken != ids[-1]:
+            last_key: dict[str, Any] | None = {
+                "connectionId": {"S": last_taken}, "userId": {"S": user_id}, "status": {"S": CONNECTED}
+            }
+        else:
+            last_key = index_end if len(ids) == limit else None
+        token = self._tokens.encode(scope, Cursor(0, last_key)) if last_key else None
         return Page(rows, token)
 
     def get_all_connections(self, limit: int | None = None, next_token: str | None = None) -> Page:
-        """Live connections from the sparse index, shard by shard, oldest activity first."""
+        """Live connections from the sparse index, shard by shard, oldest activity bucket first.
+
+        A page that empties its shard goes on to the next ones in concurrent waves of 1, 2,
+        4... shards (at most ``sweep_concurrency``), each asked only for the rows the page
+        still lacks: full shards cost one query as before, and a table spread thinly over
+        many shards is walked in a few round trips instead of one per shard.
+        """
         from connection_manager.tokens import Cursor
 
         limit = limit or self.settings.default_page_size
+        shards = live_shards()
         cursor = (
-            self._tokens.decode(next_token, "all", shards=ACTIVE_SHARDS, key_names=_ACTIVE_KEYS)
+            self._tokens.decode(next_token, "all", shards=shards, key_names=_ACTIVE_KEYS)
             if next_token
             else Cursor(0, None)
         )
@@ -219,24 +256,53 @@ class ConnectionService:
         used = 0
         shard, start = cursor.shard, cursor.key
         next_cursor: Cursor | None = None
+        wave = 1
         with dynamo_errors("get_all_connections"):
-            while shard < ACTIVE_SHARDS:
+            while shard < shards and next_cursor is None:
                 wanted = limit - len(rows)
-                results = ConnectionModel.active_index.query(
-                    shard, limit=wanted, page_size=wanted, last_evaluated_key=start
+                batch = list(range(shard, min(shards, shard + wave)))
+                pages = self._fan_out(
+                    batch, lambda s, k=start, first=shard, n=wanted: self._live_page(s, n, k if s == first else None)
                 )
-                used, full = _fill(rows, results, used)
-                # Mid-page (the budget was spent) this is the key of the last row taken.
-                last_key = results.last_evaluated_key
-                if full or len(rows) >= limit:
-                    if last_key:
-                        next_cursor = Cursor(shard, last_key)
-                    elif shard + 1 < ACTIVE_SHARDS:
-                        next_cursor = Cursor(shard + 1, None)
-                    break
-                shard, start = shard + 1, None
+                for current, (found, _) in zip(batch, pages):
+                    # Mid-page (the budget was spent) the key is that of the last row taken.
+                    taken = 0
+                    full = False
+                    for row in found:
+                        record = to_record(row)
+                        rows.append(record)
+                        taken += 1
+                        used += len(json.dumps(record, default=str))
+                        if used >= RESPONSE_BUDGET_BYTES or len(rows) >= limit:
+                            full = True
+                            break
+                    if full:
+                        more_here = taken < len(found) or pages[batch.index(current)][1] is not None
+                        if more_here:
+                            next_cursor = Cursor(current, _live_key(found[taken - 1]))
+                        elif current + 1 < shards:
+                            next_cursor = Cursor(current + 1, None)
+                        break
+                shard, start = batch[-1] + 1, None
+                wave = min(wave * 2, self.settings.sweep_concurrency)
         token = self._tokens.encode("all", next_cursor) if next_cursor else None
         return Page(rows, token)
+
+    def _live_page(
+        self, shard: int, limit: int, start: dict[str, Any] | None
+    ) -> tuple[list[ConnectionModel], dict[str, Any] | None]:
+        results = ConnectionModel.live_index.query(shard, limit=limit, page_size=limit, last_evaluated_key=start)
+        found = list(results)
+        return found, results.last_evaluated_key
+
+    def _fan_out(self, items: list[Any], call: Callable[[Any], Any]) -> list[Any]:
+        """``call`` on every item, concurrently when there are several; results in order."""
+        if len(items) == 1:
+            return [call(items[0])]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(len(items), self.settings.sweep_concurrency)) as pool:
+            return list(pool.map(call, items))
 
     def count_active(self) -> int:
         """Live connections, counted on the sparse index with ``Select=COUNT``.
@@ -246,7 +312,7 @@ class ConnectionService:
         thousand live connections each time it runs (once per scheduled sweep).
         """
         with dynamo_errors("count_active"):
-            return sum(ConnectionModel.active_index.count(shard) for shard in range(ACTIVE_SHARDS))
+            return sum(self._fan_out(list(range(live_shards())), ConnectionModel.live_index.count))
 
     def stats(self) -> Stats:
         """Counts for the dashboard in one pass over the live rows (never the history)."""
@@ -255,7 +321,9 @@ class ConnectionService:
         active = stale = 0
         users: set[str] = set()
         with dynamo_errors("stats"):
-            for row in self._active_rows(attributes=["connectionId", "userId", "lastActiveAt", "activeShard"]):
+            for row in self._active_rows(
+                attributes=["connectionId", "userId", "lastActiveAt", "activeShard", "activeBucket"]
+            ):
                 active += 1
                 users.add(row.user_id)
                 if row.last_active_at is not None and row.last_active_at < cutoff:
@@ -290,21 +358,64 @@ class ConnectionService:
         )
 
     def heartbeat(self, connection_id: str) -> dict[str, Any]:
-        """Refresh ``lastActiveAt`` of a CONNECTED row; a DISCONNECTED one stays as it is (409)."""
+        """Refresh ``lastActiveAt`` of a CONNECTED row; a DISCONNECTED one stays as it is (409).
+
+        The explicit action always writes, whatever the activity interval.
+        """
         now = self.clock()
         row = ConnectionModel(connection_id)
         actions = [
             ConnectionModel.last_active_at.set(now),
             ConnectionModel.updated_at.set(now),
-            # Also heals rows written by other tools without the index attribute.
-            ConnectionModel.active_shard.set(shard_for(connection_id)),
+            *_live_index_actions(connection_id, now),
         ]
         if self._conditional_update(
             row, actions, ConnectionModel.connection_id.exists() & (ConnectionModel.status == CONNECTED), "heartbeat"
         ):
+            self.activity.remember(connection_id, now)
             return to_record(row)
         existing = self._get(connection_id)
         raise ConflictError(f"Connection '{connection_id}' is {existing.status}; a heartbeat cannot revive it")
+
+    def record_activity(self, connection_id: str) -> str:
+        """A WebSocket message: move ``lastActiveAt`` at most once per activity interval.
+
+        Returns WRITTEN, REMEMBERED, CURRENT or NOT_CONNECTED. The table decides with a
+        conditional write (``lastActiveAt`` older than the interval), so containers that
+        share nothing still write about once per interval; this process's memory of the
+        stored time skips the request altogether for most messages. Nothing is read back
+        on success (no ``ReturnValues``); a failed condition returns the stored row
+        (``ALL_OLD``), free, so the next messages here know the time too. Guarantee: the
+        stored time is never older than ``interval`` seconds before any message.
+        """
+        now = self.clock()
+        interval = self.settings.activity_write_interval_seconds
+        threshold = now - timedelta(seconds=interval)
+        if interval:
+            known = self.activity.get(connection_id)
+            if known is not None and known > threshold:
+                return REMEMBERED
+        condition = ConnectionModel.status == CONNECTED
+        if interval:
+            condition &= ConnectionModel.last_active_at.does_not_exist() | (
+                ConnectionModel.last_active_at <= threshold
+            )
+        actions = [ConnectionModel.last_active_at.set(now), *_live_index_actions(connection_id, now)]
+        with dynamo_errors("record_activity"):
+            stored = _update_or_old(connection_id, actions, condition)
+        if stored is None:
+            self.activity.remember(connection_id, now)
+            return WRITTEN
+        if stored.get("status", {}).get("S") != CONNECTED:
+            self.activity.forget(connection_id)
+            return NOT_CONNECTED
+        last = stored.get("lastActiveAt", {}).get("S")
+        if last:
+            try:
+                self.activity.remember(connection_id, parse_timestamp(last))
+            except ValueError:
+                pass  # another tool's format: the next message asks the table again
+        return CURRENT
 
     def update_connection_status(self, connection_id: str, status: str) -> dict[str, Any]:
         """Set a status. Setting the status a row already has changes nothing and returns it."""
@@ -317,7 +428,7 @@ class ConnectionService:
             ConnectionModel.status.set(CONNECTED),
             ConnectionModel.last_active_at.set(now),
             ConnectionModel.updated_at.set(now),
-            ConnectionModel.active_shard.set(shard_for(connection_id)),
+            *_live_index_actions(connection_id, now),
             ConnectionModel.disconnected_at.remove(),
             ConnectionModel.disconnect_reason.remove(),
             ConnectionModel.expires_at.remove(),
@@ -380,22 +491,30 @@ class ConnectionService:
 
         def stale_ids() -> Iterator[str]:
             nonlocal scanned, complete, read_failure
+            # Every bucket up to the cutoff's own: the older ones hold only stale rows, the
+            # cutoff's bucket some that are not stale yet, dropped by the filter before
+            # any write (read, never written: at most one bucket's worth per run).
+            # A shard whose Query still fails after retries is left for the next run;
+            # the others carry on, and the writes already made are counted.
+            failures: list[BaseException] = []
             rows = iter(
                 self._active_rows(
-                    attributes=["connectionId", "activeShard", "lastActiveAt"],
-                    range_key_condition=ConnectionModel.last_active_at < cutoff,
+                    attributes=["connectionId", "activeShard", "activeBucket", "lastActiveAt"],
+                    range_key_condition=ConnectionModel.active_bucket <= activity_bucket(cutoff),
+                    filter_condition=ConnectionModel.last_active_at < cutoff,
                     page_size=SWEEP_PAGE_SIZE,
+                    errors=failures,
                 )
             )
             while True:
                 try:
                     row = next(rows)
                 except StopIteration:
-                    return
-                except PynamoDBException as exc:
-                    # A Query still failing after retries ends this run early instead of
-                    # discarding the count of writes already made; the next run resumes.
-                    read_failure, complete = exc, False
+                    if failures:
+                        failure = failures[0]
+                        if not isinstance(failure, PynamoDBException):
+                            raise failure
+                        read_failure, complete = failure, False
                     return
                 if out_of_time():
                     complete = False
@@ -446,13 +565,27 @@ class ConnectionService:
             raise (missing or NotFoundError(f"Connection '{connection_id}' does not exist")) from None
 
     def _active_rows(
-        self, attributes: list[str], range_key_condition: Any = None, page_size: int | None = None
+        self,
+        attributes: list[str],
+        range_key_condition: Any = None,
+        filter_condition: Any = None,
+        page_size: int | None = None,
+        errors: list[BaseException] | None = None,
     ) -> Iterable[ConnectionModel]:
-        """Stream the sparse index shard by shard; one page in memory at a time."""
-        for shard in range(ACTIVE_SHARDS):
-            yield from ConnectionModel.active_index.query(
-                shard, range_key_condition=range_key_condition, attributes_to_get=attributes, page_size=page_size
+        """Stream the sparse index, its shards read concurrently; a few pages in memory at a time."""
+        from connection_manager.fanout import merged
+
+        def shard_rows(shard: int) -> Iterable[ConnectionModel]:
+            return ConnectionModel.live_index.query(
+                shard,
+                range_key_condition=range_key_condition,
+                filter_condition=filter_condition,
+                attributes_to_get=attributes,
+                page_size=page_size,
             )
+
+        sources = [lambda s=shard: shard_rows(s) for shard in range(live_shards())]
+        return merged(sources, self.settings.sweep_concurrency, errors)
 
     def _conditional_update(self, row: ConnectionModel, actions: list[Any], condition: Any, operation: str) -> bool:
         """Apply ``actions`` if ``condition`` holds; False when it did not (nothing written)."""
@@ -474,6 +607,7 @@ class ConnectionService:
             ConnectionModel.updated_at.set(now),
             # Leaving the sparse index in the same write is what keeps it live-only.
             ConnectionModel.active_shard.remove(),
+            ConnectionModel.active_bucket.remove(),
         ]
         if self.settings.retention_seconds:
             actions.append(ConnectionModel.expires_at.set(now + timedelta(seconds=self.settings.retention_seconds)))
@@ -505,24 +639,38 @@ class ConnectionService:
         with no activity counts as active since it was created), conditional on the row
         still being CONNECTED.
         """
-        missing = ConnectionModel.active_shard.does_not_exist() | ConnectionModel.last_active_at.does_not_exist()
+        missing = (
+            ConnectionModel.active_shard.does_not_exist()
+            | ConnectionModel.active_bucket.does_not_exist()
+            | ConnectionModel.last_active_at.does_not_exist()
+        )
         with dynamo_errors("reindex"):
-            ids = (
-                row.connection_id
-                for row in ConnectionModel.scan(
-                    filter_condition=(ConnectionModel.status == CONNECTED) & missing,
-                    attributes_to_get=["connectionId"],
-                )
+            rows = ConnectionModel.scan(
+                filter_condition=(ConnectionModel.status == CONNECTED) & missing,
+                attributes_to_get=["connectionId", "lastActiveAt", "createdAt"],
             )
-            return self._write_all(ids, self._reindex_one)
+            # Reading a row to compute its bucket: other tools' rows may hold any timestamp format.
+            by_id: dict[str, datetime | None] = {}
 
-    def _reindex_one(self, connection_id: str) -> str:
+            def ids() -> Iterator[str]:
+                for row in rows:
+                    by_id[row.connection_id] = row.last_active_at or row.created_at
+                    yield row.connection_id
+
+            return self._write_all(ids(), lambda cid: self._reindex_one(cid, by_id.pop(cid, None)))
+
+    def _reindex_one(self, connection_id: str, last_active: datetime | None) -> str:
         row = ConnectionModel(connection_id)
         actions = [
             ConnectionModel.last_active_at.set(ConnectionModel.last_active_at | ConnectionModel.created_at),
             ConnectionModel.active_shard.set(shard_for(connection_id)),
+            ConnectionModel.active_bucket.set(activity_bucket(last_active or self.clock())),
         ]
-        condition = ConnectionModel.status == CONNECTED
+        # A heartbeat or message in between set its own bucket: keep it.
+        condition = (ConnectionModel.status == CONNECTED) & (
+            ConnectionModel.active_bucket.does_not_exist() | ConnectionModel.active_shard.does_not_exist()
+            | ConnectionModel.last_active_at.does_not_exist()
+        )
         return APPLIED if self._conditional_update(row, actions, condition, "reindex") else SKIPPED
 
     def _write_all(self, ids: Iterable[str], write: Callable[[str], str]) -> BulkOutcome:
@@ -530,6 +678,55 @@ class ConnectionService:
             for connection_id in ids:
                 writer.submit(connection_id)
         return writer.outcome
+
+
+def _update_or_old(connection_id: str, actions: list[Any], condition: Any) -> dict[str, Any] | None:
+    """One conditional UpdateItem; None when applied, else the stored item (``{}`` when absent).
+
+    PynamoDB's ``update`` asks for the whole new item back and drops the item DynamoDB
+    returns with a failed condition, so the request is made on its client directly.
+    """
+    from botocore.exceptions import ClientError
+    from pynamodb.connection.base import BOTOCORE_EXCEPTIONS
+    from pynamodb.exceptions import UpdateError
+
+    table = ConnectionModel._get_connection()
+    kwargs = table.connection.get_operation_kwargs(
+        table.table_name,
+        connection_id,
+        actions=actions,
+        condition=condition,
+        return_values_on_condition_failure="ALL_OLD",
+    )
+    try:
+        table.connection.client.update_item(**kwargs)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+            return exc.response.get("Item") or {}
+        raise UpdateError(f"Failed to update item: {exc}", exc) from None
+    except BOTOCORE_EXCEPTIONS as exc:  # no answer at all (dropped connection, timeout)
+        raise UpdateError(f"Failed to update item: {exc}", exc) from None
+    return None
+
+
+def _live_index_actions(connection_id: str, now: datetime) -> list[Any]:
+    """Keep a CONNECTED row in the live index at ``now``'s bucket (also heals other tools' rows).
+
+    Setting a key to the value it already has leaves the index item where it is.
+    """
+    return [
+        ConnectionModel.active_shard.set(shard_for(connection_id)),
+        ConnectionModel.active_bucket.set(activity_bucket(now)),
+    ]
+
+
+def _live_key(row: ConnectionModel) -> dict[str, dict[str, str]]:
+    """The live-index key of a row, as DynamoDB's ``LastEvaluatedKey`` spells it."""
+    return {
+        "connectionId": {"S": row.connection_id},
+        "activeShard": {"N": str(row.active_shard)},
+        "activeBucket": {"N": str(row.active_bucket)},
+    }
 
 
 def _check_start_key(key: dict[str, dict[str, Any]] | None, expected: dict[str, dict[str, str]]) -> None:
@@ -541,18 +738,3 @@ def _check_start_key(key: dict[str, dict[str, Any]] | None, expected: dict[str, 
     """
     if key is not None and any(key.get(name) != value for name, value in expected.items()):
         raise ValidationError("`nextToken` is not a token issued by this service for this listing")
-
-
-def _fill(rows: list[dict[str, Any]], results: Iterable[ConnectionModel], used: int) -> tuple[int, bool]:
-    """Append records until ``results`` ends or the page holds ``RESPONSE_BUDGET_BYTES``.
-
-    Returns the bytes used and whether the budget stopped it. Stopping right after a row
-    leaves PynamoDB's ``last_evaluated_key`` on that row, so the next page resumes there.
-    """
-    for row in results:
-        record = to_record(row)
-        rows.append(record)
-        used += len(json.dumps(record, default=str))
-        if used >= RESPONSE_BUDGET_BYTES:
-            return used, True
-    return used, False

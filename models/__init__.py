@@ -3,23 +3,25 @@
 The only layer that knows DynamoDB's shape: attribute names, key schema and indexes.
 """
 from models.connection import (
-    ACTIVE_SHARDS,
-    ActiveIndex,
+    LiveIndex,
     ConnectionModel,
     ConnectionStatus,
     DisconnectReason,
     UserIdIndex,
+    activity_bucket,
     configure,
+    live_shards,
     shard_for,
 )
 
 __all__ = [
-    "ACTIVE_SHARDS",
-    "ActiveIndex",
+    "LiveIndex",
     "ConnectionModel",
     "ConnectionStatus",
     "DisconnectReason",
     "UserIdIndex",
+    "activity_bucket",
     "configure",
+    "live_shards",
     "shard_for",
 ]

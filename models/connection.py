@@ -3,13 +3,18 @@
 Two global secondary indexes serve the routine reads:
 
 * ``UserIdIndex`` (``userId``, ``status``): a user's connections in one status, as the
-  platform has always had it.
-* ``ActiveIndex`` (``activeShard``, ``lastActiveAt``): a *sparse* index. ``activeShard``
+  platform has always had it. It projects the keys and ``createdAt`` only: an activity
+  write changes nothing it holds, so it costs that index nothing (with the ALL projection
+  every message paid one more write unit there).
+* ``LiveIndex`` (``activeShard``, ``activeBucket``): a *sparse* index. ``activeShard``
   is written only while a row is CONNECTED and removed in the same conditional write that
   disconnects it, so the index holds live rows only, however much DISCONNECTED history
   the table keeps. Listing live connections or finding stale ones is a range query on it
-  and reads about as many items as it returns. The partition is spread over
-  ``ACTIVE_SHARDS`` values so no single partition takes every heartbeat.
+  and reads about as many items as it returns. The partition is spread over as many
+  shards as the capacity model asks for. Its sort key is the *activity bucket*, the start
+  of the ``ACTIVITY_BUCKET_SECONDS`` window holding ``lastActiveAt``: it moves once per
+  bucket, not on every activity write, so most writes update the index item in place
+  (1 write unit) instead of deleting and re-putting it (2).
 """
 from __future__ import annotations
 
@@ -26,12 +31,17 @@ from pynamodb.attributes import (
     UnicodeAttribute,
 )
 from pynamodb.constants import STRING
-from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, IncludeProjection
 from pynamodb.models import Model
 
-#: Number of partition values of ``ActiveIndex``. Part of the table's layout: the sweep
-#: queries shards ``0..ACTIVE_SHARDS-1``, so it may grow but never shrink without a reindex.
-ACTIVE_SHARDS = 4
+#: Width of an activity bucket in seconds (see connection_manager.capacity). Stored values
+#: are epoch seconds of a bucket's start, so changing the width needs no migration.
+ACTIVITY_BUCKET_SECONDS = 900
+
+#: Number of partition values of ``LiveIndex``, set by :func:`configure` from the capacity
+#: model. Part of the table's layout: listings and the sweep query shards ``0..n-1``, so it
+#: may grow but never shrink without a ``reindex``.
+_live_shards = 4
 
 TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
@@ -81,26 +91,33 @@ class IsoTimestampAttribute(Attribute[datetime]):
         return parse_timestamp(value)
 
 
+def activity_bucket(value: datetime) -> int:
+    """Start (epoch seconds) of the activity bucket holding ``value``: the live index's sort key."""
+    seconds = int(value.timestamp())
+    return seconds - seconds % ACTIVITY_BUCKET_SECONDS
+
+
 class UserIdIndex(GlobalSecondaryIndex["ConnectionModel"]):
-    """A user's connections by status."""
+    """A user's connections by status; records are read from the table by key."""
 
     class Meta:
         index_name = "UserIdIndex"
-        projection = AllProjection()
+        # Attributes that never change while a row lives: activity writes skip this index.
+        projection = IncludeProjection(["createdAt"])
 
     user_id = UnicodeAttribute(hash_key=True, attr_name="userId")
     status = UnicodeAttribute(range_key=True, attr_name="status")
 
 
-class ActiveIndex(GlobalSecondaryIndex["ConnectionModel"]):
-    """Live connections only (sparse), ordered by last activity within each shard."""
+class LiveIndex(GlobalSecondaryIndex["ConnectionModel"]):
+    """Live connections only (sparse), ordered by activity bucket within each shard."""
 
     class Meta:
-        index_name = "ActiveIndex"
+        index_name = "LiveIndex"
         projection = AllProjection()
 
     active_shard = NumberAttribute(hash_key=True, attr_name="activeShard")
-    last_active_at = IsoTimestampAttribute(range_key=True, attr_name="lastActiveAt")
+    active_bucket = NumberAttribute(range_key=True, attr_name="activeBucket")
 
 
 class ConnectionModel(Model):
@@ -125,14 +142,20 @@ class ConnectionModel(Model):
     metadata = MapAttribute[str, Any](null=True, attr_name="metadata")
     expires_at = TTLAttribute(null=True, attr_name="expiresAt")
     active_shard = NumberAttribute(null=True, attr_name="activeShard")
+    active_bucket = NumberAttribute(null=True, attr_name="activeBucket")
 
     user_index = UserIdIndex()
-    active_index = ActiveIndex()
+    live_index = LiveIndex()
+
+
+def live_shards() -> int:
+    """Shards of the live index for the table this process is bound to."""
+    return _live_shards
 
 
 def shard_for(connection_id: str) -> int:
     """Stable shard of a connection id (crc32 is cheap and the same in every process)."""
-    return zlib.crc32(connection_id.encode("utf-8")) % ACTIVE_SHARDS
+    return zlib.crc32(connection_id.encode("utf-8")) % _live_shards
 
 
 class TableSettings(Protocol):
@@ -142,6 +165,7 @@ class TableSettings(Protocol):
     connect_timeout_seconds: int
     read_timeout_seconds: int
     max_pool_connections: int
+    live_shards: int
 
 
 def configure(settings: TableSettings) -> None:
@@ -151,6 +175,8 @@ def configure(settings: TableSettings) -> None:
     is dropped here; the endpoint itself comes from botocore's standard
     ``AWS_ENDPOINT_URL_DYNAMODB`` resolution.
     """
+    global _live_shards
+    _live_shards = settings.live_shards
     meta = ConnectionModel.Meta
     meta.table_name = settings.table_name
     meta.region = settings.region  # type: ignore[attr-defined]
