@@ -3,7 +3,8 @@
 Every test runs with dummy AWS credentials and a fixed region, and without any proxy or
 profile from the developer's shell, so no test can ever reach real AWS. Tests that need
 the wire protocol get a real ``moto_server`` (one per test run) and a fresh
-``dynamo_proxy`` in front of it.
+``dynamo_proxy`` in front of it; tests that take ``engine`` run on both moto_server and
+Amazon DynamoDB Local (one JVM per test run, started only when such a test is selected).
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.dynamo_proxy import DynamoProxy
+from tests.support.dynamodb_local import DynamoDBLocal
+from tests.support.engines import DYNAMODB_LOCAL, ENGINES, MOTO, Engine
 from tests.support.moto_server import MotoServer
 
 # Environment that could point boto3 somewhere other than the local fakes.
@@ -76,6 +79,49 @@ def dynamo_proxy(moto_server: MotoServer) -> Iterator[DynamoProxy]:
     """
     moto_server.reset()
     with DynamoProxy(moto_server.url) as proxy:
+        yield proxy
+
+
+# --- the same tests on two engines: moto_server and Amazon DynamoDB Local ----------
+
+
+@pytest.fixture(scope="session")
+def dynamodb_local() -> Iterator[DynamoDBLocal]:
+    """One DynamoDB Local JVM on a free loopback port for the whole test run.
+
+    Its start takes seconds, so it is shared; ``finally`` stops it however the run ends,
+    and the JVM also dies with this process if the run is killed outright.
+    """
+    server = DynamoDBLocal()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(MOTO, id=MOTO),
+        pytest.param(DYNAMODB_LOCAL, id=DYNAMODB_LOCAL, marks=pytest.mark.dynamodb_local),
+    ]
+)
+def engine(request: pytest.FixtureRequest) -> Engine:
+    """An empty DynamoDB-compatible server: the test runs once on each engine.
+
+    The session server is looked up by name so that a run selecting only moto
+    (``-m "not dynamodb_local"``) never starts a JVM.
+    """
+    assert request.param in ENGINES
+    server = request.getfixturevalue("moto_server" if request.param == MOTO else "dynamodb_local")
+    server.reset()
+    return Engine(request.param, server)
+
+
+@pytest.fixture
+def engine_proxy(engine: Engine) -> Iterator[DynamoProxy]:
+    """A fresh proxy (no latency, no faults, zeroed counters) in front of the empty ``engine``."""
+    with DynamoProxy(engine.url) as proxy:
         yield proxy
 
 

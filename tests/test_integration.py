@@ -1,8 +1,9 @@
-"""Raw events and the console script against a real ``moto_server`` over HTTP.
+"""Raw events and the console script against a real DynamoDB endpoint over HTTP.
 
 The in-process mock never touches the wire; these tests go through botocore's endpoint
-resolution (``AWS_ENDPOINT_URL_DYNAMODB``), HTTP, and moto's own request parsing, as a
-deployed function would against DynamoDB.
+resolution (``AWS_ENDPOINT_URL_DYNAMODB``), HTTP, and the server's own request parsing, as
+a deployed function would against DynamoDB. Each runs on moto_server and on Amazon
+DynamoDB Local, whose validation is DynamoDB's own.
 """
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ import connection_manager.handler as handler_module
 import connection_manager.observability as observability
 from connection_manager.handler import get_service, lambda_handler
 from models.connection import activity_bucket, format_timestamp, shard_for
+from tests.support.engines import Engine
 from tests.support.events import FakeLambdaContext, load_event, websocket_event
-from tests.support.moto_server import MotoServer
 
 pytestmark = pytest.mark.integration
 
@@ -31,14 +32,13 @@ TABLE = "connections-it"
 
 
 @pytest.fixture
-def endpoint(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> str:
-    """An empty moto server that the service (and any child process) reaches over HTTP."""
-    moto_server.reset()
-    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", moto_server.url)
+def endpoint(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> str:
+    """An empty server that the service (and any child process) reaches over HTTP."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", engine.url)
     monkeypatch.setenv("CONNECTIONS_TABLE_NAME", TABLE)
     monkeypatch.setattr(handler_module, "_service", None)
     monkeypatch.setattr(observability, "_configured", True)
-    return moto_server.url
+    return engine.url
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ counts are true counts. Two kinds of test check it:
 
 * deterministic interleavings on the in-process mock, where a hook runs the competing
   write exactly between the sweep's read and its conditional write;
-* real threads against ``moto_server`` over HTTP, repeated a few times, asserting the
-  invariants that must hold whatever the interleaving turned out to be.
+* real threads over HTTP, on moto_server and on Amazon DynamoDB Local, repeated a few
+  times, asserting the invariants that must hold whatever the interleaving turned out to be.
 
 Time is a ``FixedClock`` in both, so "near the cutoff" is exact and nothing sleeps.
 """
@@ -33,6 +33,7 @@ from models.connection import ConnectionModel, DisconnectReason, shard_for
 from tests.support.fixtures import *  # noqa: F401,F403
 from tests.support.fixtures import NOW, raw_item, raw_items
 from tests.support.dynamo_proxy import DynamoProxy
+from tests.support.engines import Engine
 
 STALE_AFTER = 3600
 
@@ -127,21 +128,22 @@ def test_second_sweep_inside_the_first__no_row_counted_twice(make_connection, se
     assert sum(item["disconnectReason"] == "stale" for item in raw_items()) == 12
 
 
-# Real threads against moto_server -------------------------------------------------------------------
+# Real threads over HTTP, on both engines ------------------------------------------------------------
 
 
 @pytest.fixture
-def wire(dynamo_proxy: DynamoProxy, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """Settings for a table on an empty moto server, reached over HTTP, one request at a time.
+def wire(engine: Engine, engine_proxy: DynamoProxy, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings for a table on an empty server, reached over HTTP through the proxy.
 
-    DynamoDB applies each conditional write atomically. moto does not: it checks the
-    condition and applies the update in separate steps without a lock, so two concurrent
-    writes to one item can both pass the same condition (seen here as a row claimed by
-    two sweeps). Serializing requests at the proxy restores DynamoDB's guarantee; the
-    clients stay as concurrent as in production, which is what these tests are about.
+    DynamoDB applies each conditional write atomically, and so does DynamoDB Local: there
+    the requests race for real. moto does not: it checks the condition and applies the
+    update in separate steps without a lock, so two concurrent writes to one item can both
+    pass the same condition (seen here as a row claimed by two sweeps). On moto the proxy
+    forwards one request at a time, which restores DynamoDB's guarantee; the clients stay
+    as concurrent as in production, which is what these tests are about.
     """
-    dynamo_proxy.serialize_upstream = True
-    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", dynamo_proxy.url)
+    engine_proxy.serialize_upstream = not engine.atomic_conditional_writes
+    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", engine_proxy.url)
     monkeypatch.setattr(handler_module, "_service", None)
     settings = Settings(table_name="connections-race", region="us-east-1", sweep_concurrency=8)
     ConnectionService(settings, FixedClock(NOW)).create_table()
