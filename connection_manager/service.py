@@ -345,6 +345,8 @@ class ConnectionService:
         try:
             with dynamo_errors("register_connection"):
                 row.save(condition=ConnectionModel.connection_id.does_not_exist())
+            # Messages this container receives next need no write until the interval passes.
+            self.activity.remember(connection_id, row.last_active_at)
             return to_record(row), True
         except PynamoDBException as exc:
             if not is_condition_failure(exc):
