@@ -21,7 +21,7 @@ from pynamodb.exceptions import QueryError
 
 from connection_manager.handler import lambda_handler
 from connection_manager.service import ConnectionService
-from models.connection import LiveIndex, format_timestamp
+from models.connection import LiveIndex, format_timestamp, live_shards
 from tests.support.dynamo_proxy import DynamoProxy
 from tests.support.events import FakeLambdaContext, websocket_event
 from tests.support.moto_server import MotoServer
@@ -305,7 +305,8 @@ def test_sweep__query_fails_mid_sweep__partial_progress_then_next_run_completes(
 
 def test_sweep__first_query_fails__503_nothing_lost(wired: ConnectionService, dynamo_proxy: DynamoProxy, moto: Any) -> None:
     _stale_rows(moto, 4)
-    dynamo_proxy.inject("throttle", count=4, operations={"Query"})
+    # Shards are read concurrently: every shard's Query fails all four attempts.
+    dynamo_proxy.inject("throttle", count=4 * live_shards(), operations={"Query"})
 
     response = invoke("cleanup_stale_connections")
 
@@ -460,4 +461,7 @@ def test_iam_policy__allows_every_dynamodb_action_the_function_calls(
     }
     print(f"\nDynamoDB actions the function calls: {sorted(called)}")
     assert called <= allowed, called - allowed
-    assert called == {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:Query", "dynamodb:DescribeTable"}
+    assert called == {
+        "dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:Query",
+        "dynamodb:DescribeTable",
+    }
