@@ -40,9 +40,25 @@ class Settings:
     sweep_concurrency: int = 16
     sweep_time_margin_ms: int = 40_000
     default_page_size: int = 100
+    #: A WebSocket message writes ``lastActiveAt`` at most once per this many seconds per
+    #: connection (0: every message). 300 s cuts activity writes of a chatty connection to
+    #: one per 5 minutes while a connection with a message in the last
+    #: ``stale_after_seconds - 300`` seconds is never swept (README, "Capacity model").
+    activity_write_interval_seconds: int = 300
+    #: Connections that remembered activity times are kept for, per process (LRU).
+    activity_memory_size: int = 100_000
+    #: The scale the live index is sized for (README, "Capacity model").
+    capacity_connections: int = 1_000_000
     token_secret: str | None = field(default=None, repr=False)
     admin_token: str | None = field(default=None, repr=False)
     in_lambda: bool = False
+
+    @property
+    def live_shards(self) -> int:
+        """Partition key values of the live index, from the capacity model (never a constant)."""
+        from connection_manager.capacity import live_shards
+
+        return live_shards(self.capacity_connections, self.activity_write_interval_seconds)
 
     @property
     def max_pool_connections(self) -> int:
@@ -81,6 +97,16 @@ class Settings:
         concurrency = integer("SWEEP_CONCURRENCY", 16, 1, 128)
         margin = integer("SWEEP_TIME_MARGIN_MS", 40_000, 0, 600_000)
         page = integer("DEFAULT_PAGE_SIZE", 100, 1, 1000)
+        # The default never exceeds half the stale period, so a short STALE_AFTER_SECONDS
+        # keeps a meaningful guarantee; a value set explicitly must leave room on its own.
+        interval = integer("ACTIVITY_WRITE_INTERVAL_SECONDS", min(300, stale // 2), 0, 300)
+        memory = integer("ACTIVITY_MEMORY_SIZE", 100_000, 0, 10_000_000)
+        capacity = integer("CAPACITY_CONNECTIONS", 1_000_000, 1, 1_000_000_000)
+        if interval and interval >= stale:
+            problems.append(
+                f"ACTIVITY_WRITE_INTERVAL_SECONDS ({interval}) must be shorter than STALE_AFTER_SECONDS ({stale}), "
+                "or an active connection could be swept"
+            )
 
         token_secret = env.get("PAGINATION_TOKEN_SECRET", "").strip()
         if not token_secret and in_lambda:
@@ -109,6 +135,9 @@ class Settings:
             sweep_concurrency=concurrency,
             sweep_time_margin_ms=margin,
             default_page_size=page,
+            activity_write_interval_seconds=interval,
+            activity_memory_size=memory,
+            capacity_connections=capacity,
             token_secret=token_secret or None,
             admin_token=env.get("ADMIN_TOKEN") or None,
             in_lambda=in_lambda,

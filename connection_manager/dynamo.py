@@ -75,7 +75,9 @@ def is_condition_failure(exc: PynamoDBException) -> bool:
 M = TypeVar("M", bound=Model)
 
 
-def update_or_current(row: M, actions: list[Any], condition: Any) -> tuple[bool, dict[str, Any] | None]:
+def update_or_current(
+    row: M, actions: list[Any], condition: Any, return_values: str | None = ALL_NEW
+) -> tuple[bool, dict[str, Any] | None]:
     """One conditional UpdateItem that, when its condition fails, says what the item holds.
 
     Returns ``(True, None)`` when applied (``row`` then holds the updated item, as
@@ -89,6 +91,8 @@ def update_or_current(row: M, actions: list[Any], condition: Any) -> tuple[bool,
     for the item (pynamodb/PynamoDB#1219), so the request is built by PynamoDB as
     ``update`` builds it and sent through the same connection, adding only that parameter.
     Other failures raise ``UpdateError`` exactly as ``Model.update`` does.
+    ``return_values=None`` asks for nothing back on success (the message path: a smaller
+    answer, and ``row`` keeps only its key).
     """
     table = type(row)._get_connection()
     hash_key, range_key = row._get_hash_range_key_serialized_values()
@@ -97,7 +101,7 @@ def update_or_current(row: M, actions: list[Any], condition: Any) -> tuple[bool,
         range_key=range_key,
         actions=actions,
         condition=condition,
-        return_values=ALL_NEW,
+        return_values=return_values,
         return_values_on_condition_failure=ALL_OLD,
     )
     try:
@@ -107,7 +111,8 @@ def update_or_current(row: M, actions: list[Any], condition: Any) -> tuple[bool,
         if not is_condition_failure(error):
             raise error from exc
         return False, _item_of_condition_failure(exc)
-    row.deserialize(data[ATTRIBUTES])
+    if ATTRIBUTES in data:
+        row.deserialize(data[ATTRIBUTES])
     return True, None
 
 

@@ -23,6 +23,7 @@ from connection_manager.errors import ConnectionManagerError, InternalError, Val
 from connection_manager.event_sources import belongs_to_zappa, foreign_source
 from connection_manager.observability import (
     metrics_enabled,
+    record_activity_failure,
     record_active_connections,
     record_error,
     record_unrecognized_event,
@@ -31,6 +32,7 @@ from connection_manager.observability import (
 )
 from connection_manager.operations import Invocation, run_action, run_internal
 from connection_manager.schemas import truncate_for_json
+from connection_manager.service import NOT_CONNECTED, ConnectionService
 from connection_manager.wiring import get_service
 
 log = logging.getLogger(__name__)
@@ -152,7 +154,7 @@ def _websocket(event: dict[str, Any]) -> dict[str, Any]:
                 service, "disconnect", {"connectionId": connection_id}, invocation=Invocation(principal="apigateway:$disconnect")
             )
         else:
-            run_action(service, "heartbeat", {"connectionId": connection_id})
+            _message(service, connection_id)
     except ConnectionManagerError as exc:
         if route == "$connect" or exc.status >= 500:
             # Refusing the handshake is the only way to tell a client its $connect failed.
@@ -160,6 +162,27 @@ def _websocket(event: dict[str, Any]) -> dict[str, Any]:
             return {"statusCode": exc.status, "body": exc.to_body()}
         log.info("websocket %s for %s ignored: %s", route, connection_id, exc.message)
     return {"statusCode": 200}
+
+
+def _message(service: ConnectionService, connection_id: Any) -> None:
+    """Activity of a message: at most one write per interval, and never a failed message.
+
+    The client's message has been delivered whatever happens here, so a failed activity
+    write is logged and counted (``ActivityWritesFailed``), and API Gateway gets its 200.
+    """
+    try:
+        _, body = run_internal(
+            service, "activity", {"connectionId": connection_id}, invocation=Invocation(principal="apigateway:message")
+        )
+    except ConnectionManagerError as exc:
+        if exc.status >= 500:
+            log.warning("activity of %s not recorded: %s", connection_id, exc.message)
+            record_activity_failure(exc.code)
+        else:
+            log.info("message on %s ignored: %s", connection_id, exc.message)
+        return
+    if body["outcome"] == NOT_CONNECTED:
+        log.info("message on %s ignored: no CONNECTED row", connection_id)
 
 
 def _websocket_user(event: dict[str, Any]) -> Any:

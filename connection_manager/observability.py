@@ -218,6 +218,11 @@ def record_active_connections(count: int) -> None:
     emit_metrics({"ActiveConnections": (count, "Count")})
 
 
+def record_activity_failure(code: str) -> None:
+    """A message's activity write that failed after retries; the message itself still got its 200."""
+    emit_metrics({"ActivityWritesFailed": (1, "Count")}, {"code": code})
+
+
 def record_error(code: str) -> None:
     emit_metrics({"Errors": (1, "Count")}, {"code": code})
 

@@ -120,6 +120,11 @@ def _client_disconnect(svc: ConnectionService, p: s.ClientDisconnect, _: Invocat
     return 200, {"changed": svc.disconnect(p.connectionId, DisconnectReason.CLIENT) is not None}
 
 
+def _client_message(svc: ConnectionService, p: s.ClientMessage, _: Invocation) -> Result:
+    # At most one conditional write per activity interval; most messages write nothing.
+    return 200, {"outcome": svc.record_activity(p.connectionId)}
+
+
 def _create_table(svc: ConnectionService, p: s.NoParams, _: Invocation) -> Result:
     created = svc.create_table()
     return (201 if created else 200), {"table": svc.settings.table_name, "created": created, "ttl": svc.enable_ttl()}
@@ -151,6 +156,13 @@ INTERNAL_OPERATIONS: dict[str, Operation] = {
             True,
             "Mark a connection DISCONNECTED (reason client) when its WebSocket closes.",
         ),
+        Operation(
+            "activity",
+            s.ClientMessage,
+            _client_message,
+            True,
+            "Record a message's activity (lastActiveAt, at most once per activity interval).",
+        ),
         Operation("create_table", s.NoParams, _create_table, True, "Create the table and its indexes; enable TTL."),
         Operation("reindex", s.NoParams, _reindex, True, "Put CONNECTED rows written by other tools into the index."),
         Operation("seed", s.SeedDemo, _seed, True, "Write demo connections."),
@@ -158,7 +170,7 @@ INTERNAL_OPERATIONS: dict[str, Operation] = {
 }
 
 #: Heartbeats are state changes but arrive at message rate; auditing each would drown the log.
-_NOT_AUDITED = frozenset({"heartbeat"})
+_NOT_AUDITED = frozenset({"heartbeat", "activity"})
 
 
 def run_action(

@@ -179,6 +179,10 @@ class ClientDisconnect(GetConnection):
     """A WebSocket ``$disconnect``: API Gateway's event, not a raw action anyone may send."""
 
 
+class ClientMessage(GetConnection):
+    """A WebSocket message on any other route: activity of that connection."""
+
+
 class SeedDemo(Params):
     """The CLI's ``seed``: demo rows (live, stale past the cutoff, DISCONNECTED history)."""
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 import msgspec
 from pynamodb.exceptions import DoesNotExist, PynamoDBException
 
+from connection_manager.activity import ActivityMemory
 from connection_manager.bulk import APPLIED, REPAIRED, SKIPPED, BoundedWriter, BulkOutcome
 from connection_manager.clock import Clock, utc_now
 from connection_manager.config import Settings
@@ -25,12 +26,14 @@ from connection_manager.errors import ConflictError, NotFoundError, UnavailableE
 from connection_manager.records import to_record
 from connection_manager.schemas import ConnectionList, Stats
 from models.connection import (
-    ACTIVE_SHARDS,
     ConnectionModel,
     ConnectionStatus,
     DisconnectReason,
+    activity_bucket,
     format_timestamp,
+    live_shards,
     model_for,
+    parse_timestamp,
     shard_for,
 )
 
@@ -43,7 +46,7 @@ log = logging.getLogger(__name__)
 CONNECTED = ConnectionStatus.CONNECTED.value
 DISCONNECTED = ConnectionStatus.DISCONNECTED.value
 
-_ACTIVE_KEYS = frozenset({"connectionId", "activeShard", "lastActiveAt"})
+_ACTIVE_KEYS = frozenset({"connectionId", "activeShard", "activeBucket"})
 
 #: Other tools sharing the table may disconnect a row without removing ``activeShard``, so
 #: the sparse index can hold a few DISCONNECTED rows; reads of it filter them out (they are
@@ -64,6 +67,12 @@ RESPONSE_BUDGET_BYTES = 1_000_000
 #: Rows per Query page of the stale sweep: one page is all it holds in memory, whatever
 #: the number of stale rows (DynamoDB's own 1 MB pages would hold tens of thousands).
 SWEEP_PAGE_SIZE = 200
+
+#: What a WebSocket message did to ``lastActiveAt``.
+WRITTEN = "written"  # the stored time was older than the interval: moved to now
+REMEMBERED = "remembered"  # this process knew it was recent: no request at all
+CURRENT = "current"  # the table said it was recent (a failed condition, 1 write unit)
+NOT_CONNECTED = "not_connected"  # no such row, or not CONNECTED: nothing changed
 
 
 class SweepResult(msgspec.Struct, frozen=True):
@@ -118,7 +127,8 @@ def new_connection_row(
         last_active_at=now,
         updated_at=now,
         metadata=metadata,
-        active_shard=shard_for(connection_id),
+        active_shard=shard_for(connection_id, model),
+        active_bucket=activity_bucket(now),
     )
 
 
@@ -137,6 +147,7 @@ class ConnectionService:
         self.settings = settings
         self.clock = clock
         self.model = model if model is not None else model_for(settings)
+        self.activity = ActivityMemory(settings.activity_memory_size)
 
     @cached_property
     def _tokens(self) -> TokenCodec:
@@ -207,22 +218,48 @@ class ConnectionService:
                 page_size=limit,
                 last_evaluated_key=start,
             )
-            rows: list[dict[str, Any]] = []
-            full = _fill(rows, results, 0)[1]
-            last_key = results.last_evaluated_key
-        more = last_key and (full or len(rows) == limit)
-        token = self._tokens.encode(scope, Cursor(0, last_key)) if more else None
+            ids = [row.connection_id for row in results]
+            index_end = results.last_evaluated_key
+            # The index holds keys only (activity writes would otherwise pay for a copy
+            # there too); the records come from the table, in the index's order.
+            stored = {row.connection_id: row for row in self.model.batch_get(ids)} if ids else {}
+        rows: list[dict[str, Any]] = []
+        used, last_taken = 0, None
+        for connection_id in ids:
+            last_taken = connection_id
+            row = stored.get(connection_id)
+            if row is None or row.status != CONNECTED:
+                continue  # disconnected since the index was read
+            record = to_record(row)
+            rows.append(record)
+            used += len(json.dumps(record, default=str))
+            if used >= RESPONSE_BUDGET_BYTES:
+                break
+        if last_taken is not None and last_taken != ids[-1]:
+            last_key: dict[str, Any] | None = {
+                "connectionId": {"S": last_taken}, "userId": {"S": user_id}, "status": {"S": CONNECTED}
+            }
+        else:
+            last_key = index_end if len(ids) == limit else None
+        token = self._tokens.encode(scope, Cursor(0, last_key)) if last_key else None
         return ConnectionList(rows, len(rows), token)
 
     def get_all_connections(
         self, limit: int | None = None, next_token: str | None = None
     ) -> ConnectionList:
-        """Live connections from the sparse index, shard by shard, oldest activity first."""
+        """Live connections from the sparse index, shard by shard, oldest activity bucket first.
+
+        A page that empties its shard goes on to the next ones in concurrent waves of 1, 2,
+        4... shards (at most ``sweep_concurrency``), each asked only for the rows the page
+        still lacks: full shards cost one query as before, and a table spread thinly over
+        many shards is walked in a few round trips instead of one per shard.
+        """
         from connection_manager.tokens import Cursor
 
         limit = limit or self.settings.default_page_size
+        shards = live_shards(self.model)
         cursor = (
-            self._tokens.decode(next_token, "all", shards=ACTIVE_SHARDS, key_names=_ACTIVE_KEYS)
+            self._tokens.decode(next_token, "all", shards=shards, key_names=_ACTIVE_KEYS)
             if next_token
             else Cursor(0, None)
         )
@@ -231,24 +268,55 @@ class ConnectionService:
         used = 0
         shard, start = cursor.shard, cursor.key
         next_cursor: Cursor | None = None
+        wave = 1
         with dynamo_errors("get_all_connections"):
-            while shard < ACTIVE_SHARDS:
+            while shard < shards and next_cursor is None:
                 wanted = limit - len(rows)
-                results = self.model.active_index.query(
-                    shard, filter_condition=_LIVE, limit=wanted, page_size=wanted, last_evaluated_key=start
+                batch = list(range(shard, min(shards, shard + wave)))
+                pages = self._fan_out(
+                    batch, lambda s, k=start, first=shard, n=wanted: self._live_page(s, n, k if s == first else None)
                 )
-                used, full = _fill(rows, results, used)
-                # Mid-page (the budget was spent) this is the key of the last row taken.
-                last_key = results.last_evaluated_key
-                if full or len(rows) >= limit:
-                    if last_key:
-                        next_cursor = Cursor(shard, last_key)
-                    elif shard + 1 < ACTIVE_SHARDS:
-                        next_cursor = Cursor(shard + 1, None)
-                    break
-                shard, start = shard + 1, None
+                for current, (found, _) in zip(batch, pages):
+                    # Mid-page (the budget was spent) the key is that of the last row taken.
+                    taken = 0
+                    full = False
+                    for row in found:
+                        record = to_record(row)
+                        rows.append(record)
+                        taken += 1
+                        used += len(json.dumps(record, default=str))
+                        if used >= RESPONSE_BUDGET_BYTES or len(rows) >= limit:
+                            full = True
+                            break
+                    if full:
+                        more_here = taken < len(found) or pages[batch.index(current)][1] is not None
+                        if more_here:
+                            next_cursor = Cursor(current, _live_key(found[taken - 1]))
+                        elif current + 1 < shards:
+                            next_cursor = Cursor(current + 1, None)
+                        break
+                shard, start = batch[-1] + 1, None
+                wave = min(wave * 2, self.settings.sweep_concurrency)
         token = self._tokens.encode("all", next_cursor) if next_cursor else None
         return ConnectionList(rows, len(rows), token)
+
+    def _live_page(
+        self, shard: int, limit: int, start: dict[str, Any] | None
+    ) -> tuple[list[ConnectionModel], dict[str, Any] | None]:
+        results = self.model.live_index.query(
+            shard, filter_condition=_LIVE, limit=limit, page_size=limit, last_evaluated_key=start
+        )
+        found = list(results)
+        return found, results.last_evaluated_key
+
+    def _fan_out(self, items: list[Any], call: Callable[[Any], Any]) -> list[Any]:
+        """``call`` on every item, concurrently when there are several; results in order."""
+        if len(items) == 1:
+            return [call(items[0])]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(len(items), self.settings.sweep_concurrency)) as pool:
+            return list(pool.map(call, items))
 
     def count_active(self) -> int:
         """Live connections, counted on the sparse index with ``Select=COUNT``.
@@ -259,7 +327,9 @@ class ConnectionService:
         """
         with dynamo_errors("count_active"):
             return sum(
-                self.model.active_index.count(shard, filter_condition=_LIVE) for shard in range(ACTIVE_SHARDS)
+                self._fan_out(
+                    list(range(live_shards(self.model))), lambda shard: self.model.live_index.count(shard, filter_condition=_LIVE)
+                )
             )
 
     def stats(self) -> Stats:
@@ -270,7 +340,8 @@ class ConnectionService:
         users: set[str] = set()
         with dynamo_errors("stats"):
             for row in self._active_rows(
-                attributes=["connectionId", "userId", "status", "lastActiveAt", "activeShard"], filter_condition=_LIVE
+                attributes=["connectionId", "userId", "status", "lastActiveAt", "activeShard", "activeBucket"],
+                filter_condition=_LIVE,
             ):
                 active += 1
                 users.add(row.user_id)
@@ -295,6 +366,8 @@ class ConnectionService:
         try:
             with dynamo_errors("register_connection"):
                 row.save(condition=ConnectionModel.connection_id.does_not_exist())
+            # Messages this container receives next need no write until the interval passes.
+            self.activity.remember(connection_id, row.last_active_at)
             return to_record(row), True
         except PynamoDBException as exc:
             if not is_condition_failure(exc):
@@ -308,21 +381,64 @@ class ConnectionService:
         )
 
     def heartbeat(self, connection_id: str) -> dict[str, Any]:
-        """Refresh ``lastActiveAt`` of a CONNECTED row; a DISCONNECTED one stays as it is (409)."""
+        """Refresh ``lastActiveAt`` of a CONNECTED row; a DISCONNECTED one stays as it is (409).
+
+        The explicit action always writes, whatever the activity interval.
+        """
         now = self.clock()
         row = self.model(connection_id)
         actions = [
             ConnectionModel.last_active_at.set(now),
             ConnectionModel.updated_at.set(now),
-            # Also heals rows written by other tools without the index attribute.
-            ConnectionModel.active_shard.set(shard_for(connection_id)),
+            *_live_index_actions(connection_id, now, self.model),
         ]
         if self._conditional_update(
             row, actions, ConnectionModel.connection_id.exists() & (ConnectionModel.status == CONNECTED), "heartbeat"
         ):
+            self.activity.remember(connection_id, now)
             return to_record(row)
         existing = self._get(connection_id)
         raise ConflictError(f"Connection '{connection_id}' is {existing.status}; a heartbeat cannot revive it")
+
+    def record_activity(self, connection_id: str) -> str:
+        """A WebSocket message: move ``lastActiveAt`` at most once per activity interval.
+
+        Returns WRITTEN, REMEMBERED, CURRENT or NOT_CONNECTED. The table decides with a
+        conditional write (``lastActiveAt`` older than the interval), so containers that
+        share nothing still write about once per interval; this process's memory of the
+        stored time skips the request altogether for most messages. Nothing is read back
+        on success (no ``ReturnValues``); a failed condition returns the stored row
+        (``ALL_OLD``), free, so the next messages here know the time too. Guarantee: the
+        stored time is never older than ``interval`` seconds before any message.
+        """
+        now = self.clock()
+        interval = self.settings.activity_write_interval_seconds
+        threshold = now - timedelta(seconds=interval)
+        if interval:
+            known = self.activity.get(connection_id)
+            if known is not None and known > threshold:
+                return REMEMBERED
+        condition = ConnectionModel.status == CONNECTED
+        if interval:
+            condition &= ConnectionModel.last_active_at.does_not_exist() | (
+                ConnectionModel.last_active_at <= threshold
+            )
+        actions = [ConnectionModel.last_active_at.set(now), *_live_index_actions(connection_id, now, self.model)]
+        with dynamo_errors("record_activity"):
+            applied, stored = update_or_current(self.model(connection_id), actions, condition, return_values=None)
+        if applied:
+            self.activity.remember(connection_id, now)
+            return WRITTEN
+        if stored is None or stored.get("status", {}).get("S") != CONNECTED:
+            self.activity.forget(connection_id)
+            return NOT_CONNECTED
+        last = stored.get("lastActiveAt", {}).get("S")
+        if last:
+            try:
+                self.activity.remember(connection_id, parse_timestamp(last))
+            except ValueError:
+                pass  # another tool's format: the next message asks the table again
+        return CURRENT
 
     def update_connection_status(self, connection_id: str, status: str) -> dict[str, Any]:
         """Set a status. Setting the status a row already has changes nothing and returns it."""
@@ -335,7 +451,7 @@ class ConnectionService:
             ConnectionModel.status.set(CONNECTED),
             ConnectionModel.last_active_at.set(now),
             ConnectionModel.updated_at.set(now),
-            ConnectionModel.active_shard.set(shard_for(connection_id)),
+            *_live_index_actions(connection_id, now, self.model),
             ConnectionModel.disconnected_at.remove(),
             ConnectionModel.disconnect_reason.remove(),
             ConnectionModel.expires_at.remove(),
@@ -396,22 +512,30 @@ class ConnectionService:
 
         def candidates() -> Iterator[ConnectionModel]:
             nonlocal read_failure
+            # Every bucket up to the cutoff's own: the older ones hold only stale rows, the
+            # cutoff's bucket some that are not stale yet, dropped by the filter before
+            # any write (read, never written: at most one bucket's worth per run).
+            # A shard whose Query still fails after retries is left for the next run;
+            # the others carry on, and the writes already made are counted.
+            failures: list[BaseException] = []
             rows = iter(
                 self._active_rows(
-                    attributes=["connectionId", "activeShard", "lastActiveAt", "status"],
-                    range_key_condition=ConnectionModel.last_active_at < cutoff,
+                    attributes=["connectionId", "activeShard", "activeBucket", "lastActiveAt", "status"],
+                    range_key_condition=ConnectionModel.active_bucket <= activity_bucket(cutoff),
+                    filter_condition=ConnectionModel.last_active_at < cutoff,
                     page_size=SWEEP_PAGE_SIZE,
+                    errors=failures,
                 )
             )
             while True:
                 try:
                     yield next(rows)
                 except StopIteration:
-                    return
-                except PynamoDBException as exc:
-                    # A Query still failing after retries ends this run early instead of
-                    # discarding the count of writes already made; the next run resumes.
-                    read_failure = exc
+                    if failures:
+                        failure = failures[0]
+                        if not isinstance(failure, PynamoDBException):
+                            raise failure
+                        read_failure = failure
                     return
 
         scanned = stale = 0
@@ -477,18 +601,24 @@ class ConnectionService:
         self,
         attributes: list[str],
         range_key_condition: Any = None,
-        page_size: int | None = None,
         filter_condition: Any = None,
+        page_size: int | None = None,
+        errors: list[BaseException] | None = None,
     ) -> Iterable[ConnectionModel]:
-        """Stream the sparse index shard by shard; one page in memory at a time."""
-        for shard in range(ACTIVE_SHARDS):
-            yield from self.model.active_index.query(
+        """Stream the sparse index, its shards read concurrently; a few pages in memory at a time."""
+        from connection_manager.fanout import merged
+
+        def shard_rows(shard: int) -> Iterable[ConnectionModel]:
+            return self.model.live_index.query(
                 shard,
                 range_key_condition=range_key_condition,
                 filter_condition=filter_condition,
                 attributes_to_get=attributes,
                 page_size=page_size,
             )
+
+        sources = [lambda s=shard: shard_rows(s) for shard in range(live_shards(self.model))]
+        return merged(sources, self.settings.sweep_concurrency, errors)
 
     def _conditional_update(self, row: ConnectionModel, actions: list[Any], condition: Any, operation: str) -> bool:
         """Apply ``actions`` if ``condition`` holds; False when it did not (nothing written)."""
@@ -511,6 +641,7 @@ class ConnectionService:
             ConnectionModel.updated_at.set(now),
             # Leaving the sparse index in the same write is what keeps it live-only.
             ConnectionModel.active_shard.remove(),
+            ConnectionModel.active_bucket.remove(),
         ]
         if self.settings.retention_seconds:
             actions.append(ConnectionModel.expires_at.set(now + timedelta(seconds=self.settings.retention_seconds)))
@@ -568,24 +699,38 @@ class ConnectionService:
         with no activity counts as active since it was created), conditional on the row
         still being CONNECTED.
         """
-        missing = ConnectionModel.active_shard.does_not_exist() | ConnectionModel.last_active_at.does_not_exist()
+        missing = (
+            ConnectionModel.active_shard.does_not_exist()
+            | ConnectionModel.active_bucket.does_not_exist()
+            | ConnectionModel.last_active_at.does_not_exist()
+        )
         with dynamo_errors("reindex"):
-            ids = (
-                row.connection_id
-                for row in self.model.scan(
-                    filter_condition=(ConnectionModel.status == CONNECTED) & missing,
-                    attributes_to_get=["connectionId"],
-                )
+            rows = self.model.scan(
+                filter_condition=(ConnectionModel.status == CONNECTED) & missing,
+                attributes_to_get=["connectionId", "lastActiveAt", "createdAt"],
             )
-            return self._write_all(ids, self._reindex_one)
+            # Reading a row to compute its bucket: other tools' rows may hold any timestamp format.
+            by_id: dict[str, datetime | None] = {}
 
-    def _reindex_one(self, connection_id: str) -> str:
+            def ids() -> Iterator[str]:
+                for row in rows:
+                    by_id[row.connection_id] = row.last_active_at or row.created_at
+                    yield row.connection_id
+
+            return self._write_all(ids(), lambda cid: self._reindex_one(cid, by_id.pop(cid, None)))
+
+    def _reindex_one(self, connection_id: str, last_active: datetime | None) -> str:
         row = self.model(connection_id)
         actions = [
             ConnectionModel.last_active_at.set(ConnectionModel.last_active_at | ConnectionModel.created_at),
-            ConnectionModel.active_shard.set(shard_for(connection_id)),
+            ConnectionModel.active_shard.set(shard_for(connection_id, self.model)),
+            ConnectionModel.active_bucket.set(activity_bucket(last_active or self.clock())),
         ]
-        condition = ConnectionModel.status == CONNECTED
+        # A heartbeat or message in between set its own bucket: keep it.
+        condition = (ConnectionModel.status == CONNECTED) & (
+            ConnectionModel.active_bucket.does_not_exist() | ConnectionModel.active_shard.does_not_exist()
+            | ConnectionModel.last_active_at.does_not_exist()
+        )
         return APPLIED if self._conditional_update(row, actions, condition, "reindex") else SKIPPED
 
     def _update_or_current(
@@ -612,6 +757,26 @@ def _new_write_id() -> str:
     return uuid.uuid4().hex
 
 
+def _live_index_actions(connection_id: str, now: datetime, model: type[ConnectionModel]) -> list[Any]:
+    """Keep a CONNECTED row in the live index at ``now``'s bucket (also heals other tools' rows).
+
+    Setting a key to the value it already has leaves the index item where it is.
+    """
+    return [
+        ConnectionModel.active_shard.set(shard_for(connection_id, model)),
+        ConnectionModel.active_bucket.set(activity_bucket(now)),
+    ]
+
+
+def _live_key(row: ConnectionModel) -> dict[str, dict[str, str]]:
+    """The live-index key of a row, as DynamoDB's ``LastEvaluatedKey`` spells it."""
+    return {
+        "connectionId": {"S": row.connection_id},
+        "activeShard": {"N": str(row.active_shard)},
+        "activeBucket": {"N": str(row.active_bucket)},
+    }
+
+
 def _check_start_key(key: dict[str, dict[str, Any]] | None, expected: dict[str, dict[str, str]]) -> None:
     """A token's key must lie in the partition the listing queries.
 
@@ -621,18 +786,3 @@ def _check_start_key(key: dict[str, dict[str, Any]] | None, expected: dict[str, 
     """
     if key is not None and any(key.get(name) != value for name, value in expected.items()):
         raise ValidationError("`nextToken` is not a token issued by this service for this listing")
-
-
-def _fill(rows: list[dict[str, Any]], results: Iterable[ConnectionModel], used: int) -> tuple[int, bool]:
-    """Append records until ``results`` ends or the page holds ``RESPONSE_BUDGET_BYTES``.
-
-    Returns the bytes used and whether the budget stopped it. Stopping right after a row
-    leaves PynamoDB's ``last_evaluated_key`` on that row, so the next page resumes there.
-    """
-    for row in results:
-        record = to_record(row)
-        rows.append(record)
-        used += len(json.dumps(record, default=str))
-        if used >= RESPONSE_BUDGET_BYTES:
-            return used, True
-    return used, False

@@ -3,25 +3,27 @@
 The only layer that knows DynamoDB's shape: attribute names, key schema and indexes.
 """
 from models.connection import (
-    ACTIVE_SHARDS,
-    ActiveIndex,
+    LiveIndex,
     ConnectionModel,
     ConnectionStatus,
     DisconnectReason,
     UserIdIndex,
+    activity_bucket,
     configure,
     model_for,
+    live_shards,
     shard_for,
 )
 
 __all__ = [
-    "ACTIVE_SHARDS",
-    "ActiveIndex",
+    "LiveIndex",
     "ConnectionModel",
     "ConnectionStatus",
     "DisconnectReason",
     "UserIdIndex",
+    "activity_bucket",
     "configure",
     "model_for",
+    "live_shards",
     "shard_for",
 ]

@@ -3,13 +3,18 @@
 Two global secondary indexes serve the routine reads:
 
 * ``UserIdIndex`` (``userId``, ``status``): a user's connections in one status, as the
-  platform has always had it.
-* ``ActiveIndex`` (``activeShard``, ``lastActiveAt``): a *sparse* index. ``activeShard``
+  platform has always had it. It projects the keys and ``createdAt`` only: an activity
+  write changes nothing it holds, so it costs that index nothing (with the ALL projection
+  every message paid one more write unit there).
+* ``LiveIndex`` (``activeShard``, ``activeBucket``): a *sparse* index. ``activeShard``
   is written only while a row is CONNECTED and removed in the same conditional write that
   disconnects it, so the index holds live rows only, however much DISCONNECTED history
   the table keeps. Listing live connections or finding stale ones is a range query on it
-  and reads about as many items as it returns. The partition is spread over
-  ``ACTIVE_SHARDS`` values so no single partition takes every heartbeat.
+  and reads about as many items as it returns. The partition is spread over as many
+  shards as the capacity model asks for. Its sort key is the *activity bucket*, the start
+  of the ``ACTIVITY_BUCKET_SECONDS`` window holding ``lastActiveAt``: it moves once per
+  bucket, not on every activity write, so most writes update the index item in place
+  (1 write unit) instead of deleting and re-putting it (2).
 """
 from __future__ import annotations
 
@@ -27,12 +32,12 @@ from pynamodb.attributes import (
     UnicodeAttribute,
 )
 from pynamodb.constants import NUMBER, STRING
-from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, IncludeProjection
 from pynamodb.models import Model
 
-#: Number of partition values of ``ActiveIndex``. Part of the table's layout: the sweep
-#: queries shards ``0..ACTIVE_SHARDS-1``, so it may grow but never shrink without a reindex.
-ACTIVE_SHARDS = 4
+#: Width of an activity bucket in seconds (see connection_manager.capacity). Stored values
+#: are epoch seconds of a bucket's start, so changing the width needs no migration.
+ACTIVITY_BUCKET_SECONDS = 900
 
 TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
@@ -137,26 +142,33 @@ class LenientTTLAttribute(TTLAttribute):
         return None if value is None else read_timestamp(value)
 
 
+def activity_bucket(value: datetime) -> int:
+    """Start (epoch seconds) of the activity bucket holding ``value``: the live index's sort key."""
+    seconds = int(value.timestamp())
+    return seconds - seconds % ACTIVITY_BUCKET_SECONDS
+
+
 class UserIdIndex(GlobalSecondaryIndex["ConnectionModel"]):
-    """A user's connections by status."""
+    """A user's connections by status; records are read from the table by key."""
 
     class Meta:
         index_name = "UserIdIndex"
-        projection = AllProjection()
+        # Attributes that never change while a row lives: activity writes skip this index.
+        projection = IncludeProjection(["createdAt"])
 
     user_id = UnicodeAttribute(hash_key=True, attr_name="userId")
     status = UnicodeAttribute(range_key=True, attr_name="status")
 
 
-class ActiveIndex(GlobalSecondaryIndex["ConnectionModel"]):
-    """Live connections only (sparse), ordered by last activity within each shard."""
+class LiveIndex(GlobalSecondaryIndex["ConnectionModel"]):
+    """Live connections only (sparse), ordered by activity bucket within each shard."""
 
     class Meta:
-        index_name = "ActiveIndex"
+        index_name = "LiveIndex"
         projection = AllProjection()
 
     active_shard = NumberAttribute(hash_key=True, attr_name="activeShard")
-    last_active_at = IsoTimestampAttribute(range_key=True, attr_name="lastActiveAt")
+    active_bucket = NumberAttribute(range_key=True, attr_name="activeBucket")
 
 
 class ConnectionModel(Model):
@@ -165,6 +177,10 @@ class ConnectionModel(Model):
     class Meta:
         table_name = "connections"
         billing_mode = "PAY_PER_REQUEST"
+        #: Partition values of ``LiveIndex``, bound from the capacity model with the table
+        #: (:func:`configure`, :func:`model_for`). Part of the table's layout: listings and the
+        #: sweep query shards ``0..n-1``, so it may grow but never shrink without a ``reindex``.
+        live_shards = 4
         max_pool_connections = 32
         # Botocore's "standard" retry mode with 1 + max_retry_attempts tries: jittered
         # exponential backoff on throttling, 5xx and dropped connections.
@@ -185,14 +201,20 @@ class ConnectionModel(Model):
     #: retries a write whose answer was lost and the retry fails its condition, finding its
     #: own id here tells it the first attempt applied. Internal; never in a response.
     write_id = UnicodeAttribute(null=True, attr_name="writeId")
+    active_bucket = NumberAttribute(null=True, attr_name="activeBucket")
 
     user_index = UserIdIndex()
-    active_index = ActiveIndex()
+    live_index = LiveIndex()
 
 
-def shard_for(connection_id: str) -> int:
+def live_shards(model: type[ConnectionModel] = ConnectionModel) -> int:
+    """Shards of the live index of the table ``model`` is bound to."""
+    return int(model.Meta.live_shards)  # type: ignore[attr-defined]
+
+
+def shard_for(connection_id: str, model: type[ConnectionModel] = ConnectionModel) -> int:
     """Stable shard of a connection id (crc32 is cheap and the same in every process)."""
-    return zlib.crc32(connection_id.encode("utf-8")) % ACTIVE_SHARDS
+    return zlib.crc32(connection_id.encode("utf-8")) % live_shards(model)
 
 
 class TableSettings(Protocol):
@@ -202,6 +224,7 @@ class TableSettings(Protocol):
     connect_timeout_seconds: int
     read_timeout_seconds: int
     max_pool_connections: int
+    live_shards: int
 
 
 def configure(settings: TableSettings) -> None:
@@ -233,6 +256,7 @@ def model_for(settings: TableSettings) -> type[ConnectionModel]:
 
 def _bind(meta: Any, settings: TableSettings) -> None:
     meta.table_name = settings.table_name
+    meta.live_shards = settings.live_shards
     meta.region = settings.region  # type: ignore[attr-defined]
     meta.connect_timeout_seconds = settings.connect_timeout_seconds  # type: ignore[attr-defined]
     meta.read_timeout_seconds = settings.read_timeout_seconds  # type: ignore[attr-defined]

@@ -38,7 +38,7 @@ def test_create_table__creates_once_and_enables_ttl(capsys, monkeypatch, fresh_h
         assert ConnectionModel.exists()
         description = ConnectionModel.describe_table()
         indexes = {index["IndexName"] for index in description["GlobalSecondaryIndexes"]}
-        assert indexes == {"UserIdIndex", "ActiveIndex"}
+        assert indexes == {"UserIdIndex", "LiveIndex"}
 
         code, out, _ = run(capsys, "create-table")
         assert code == 0

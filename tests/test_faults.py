@@ -16,10 +16,12 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
+from pynamodb.exceptions import QueryError
 
 from connection_manager.handler import lambda_handler
 from connection_manager.service import ConnectionService
-from models.connection import ActiveIndex, format_timestamp
+from models.connection import LiveIndex, format_timestamp, live_shards
 from tests.support.dynamo_proxy import DynamoProxy
 from tests.support.events import FakeLambdaContext, websocket_event
 from tests.support.moto_server import MotoServer
@@ -294,7 +296,7 @@ def _stale_rows(moto: Any, count: int) -> list[str]:
     idle = format_timestamp(datetime.now(timezone.utc) - timedelta(hours=2))
     ids = [f"stale-{n:03d}" for n in range(count)]
     for connection_id in ids:
-        from models.connection import shard_for
+        from models.connection import activity_bucket, parse_timestamp, shard_for
 
         moto.put_item(
             TableName="connections",
@@ -305,6 +307,7 @@ def _stale_rows(moto: Any, count: int) -> list[str]:
                 "createdAt": {"S": idle},
                 "lastActiveAt": {"S": idle},
                 "activeShard": {"N": str(shard_for(connection_id))},
+                "activeBucket": {"N": str(activity_bucket(parse_timestamp(idle)))},
             },
         )
     return ids
@@ -334,16 +337,19 @@ def test_sweep__query_fails_mid_sweep__partial_progress_then_next_run_completes(
     wired: ConnectionService, dynamo_proxy: DynamoProxy, moto: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ids = _stale_rows(moto, 24)
-    original = ActiveIndex.query
+    original = LiveIndex.query
 
     def query_with_outage_on_shard_2(self: Any, hash_key: Any, *args: Any, **kwargs: Any) -> Any:
-        if hash_key == 2:  # the third shard's Query fails on every attempt
-            dynamo_proxy.inject("server_error", count=4, operations={"Query"})
+        if hash_key == 2:  # the third shard's Query fails after every retry
+            # Raised here rather than injected at the proxy: shards are read concurrently,
+            # so a fault queued at the proxy could land on another shard's request.
+            error = ClientError({"Error": {"Code": "InternalServerError", "Message": "outage"}}, "Query")
+            raise QueryError("Failed to query items", error)
         return original(self, hash_key, *args, **kwargs)
 
-    monkeypatch.setattr(ActiveIndex, "query", query_with_outage_on_shard_2)
+    monkeypatch.setattr(LiveIndex, "query", query_with_outage_on_shard_2)
     first = invoke("cleanup_stale_connections")
-    monkeypatch.setattr(ActiveIndex, "query", original)
+    monkeypatch.setattr(LiveIndex, "query", original)
 
     assert first["statusCode"] == 200
     body = first["body"]
@@ -357,7 +363,8 @@ def test_sweep__query_fails_mid_sweep__partial_progress_then_next_run_completes(
 
 def test_sweep__first_query_fails__503_nothing_lost(wired: ConnectionService, dynamo_proxy: DynamoProxy, moto: Any) -> None:
     _stale_rows(moto, 4)
-    dynamo_proxy.inject("throttle", count=4, operations={"Query"})
+    # Shards are read concurrently: every shard's Query fails all four attempts.
+    dynamo_proxy.inject("throttle", count=4 * live_shards(), operations={"Query"})
 
     response = invoke("cleanup_stale_connections")
 
@@ -512,4 +519,7 @@ def test_iam_policy__allows_every_dynamodb_action_the_function_calls(
     }
     print(f"\nDynamoDB actions the function calls: {sorted(called)}")
     assert called <= allowed, called - allowed
-    assert called == {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:Query", "dynamodb:DescribeTable"}
+    assert called == {
+        "dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:Query",
+        "dynamodb:DescribeTable",
+    }

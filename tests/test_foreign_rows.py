@@ -7,14 +7,14 @@ listed or counted as active, and the sweep repairs what it can.
 """
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
 
 from connection_manager.handler import lambda_handler
-from models.connection import shard_for
+from models.connection import activity_bucket, shard_for
 from tests.support.fixtures import *  # noqa: F401,F403
 from tests.support.fixtures import NOW, iso, put_raw, raw_item
 
@@ -27,9 +27,19 @@ def invoke(action: str, **params: Any) -> dict[str, Any]:
 
 
 def foreign_row(connection_id: str, **fields: Any) -> dict[str, Any]:
-    """A CONNECTED row as another tool might write it: no index attribute unless given."""
+    """A CONNECTED row as another tool might write it: no index attribute unless given.
+
+    Given ``activeShard``, the row also gets the live index's sort key (the bucket of its
+    last activity, or of two hours ago when that is unreadable), so it sits in the index.
+    """
     row = {"connectionId": connection_id, "userId": "u1", "status": "CONNECTED", "createdAt": HOUR_AGO}
     row.update(fields)
+    if "activeShard" in row and "activeBucket" not in row:
+        try:
+            last = datetime.fromisoformat(str(row.get("lastActiveAt")).replace("Z", "+00:00"))
+        except ValueError:
+            last = NOW - timedelta(hours=2)
+        row["activeBucket"] = Decimal(activity_bucket(last))
     return {key: value for key, value in row.items() if value is not None}
 
 

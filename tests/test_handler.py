@@ -488,11 +488,11 @@ def test_next_token__issued_for_another_table_is_400(make_connection, clock):
         )},
         # A key in another shard than the cursor's.
         lambda sign: {"action": "get_all_connections", "nextToken": sign("all", Cursor(1, {
-            "connectionId": {"S": "a0"}, "activeShard": {"N": "3"}, "lastActiveAt": {"S": "2024-01-01T11:59:00Z"}
+            "connectionId": {"S": "a0"}, "activeShard": {"N": "3"}, "activeBucket": {"N": "1704109500"}
         }))},
         # A shard that is not a number at all.
         lambda sign: {"action": "get_all_connections", "nextToken": sign("all", Cursor(1, {
-            "connectionId": {"S": "a0"}, "activeShard": {"N": "one"}, "lastActiveAt": {"S": "2024-01-01T11:59:00Z"}
+            "connectionId": {"S": "a0"}, "activeShard": {"N": "one"}, "activeBucket": {"N": "1704109500"}
         }))},
     ],
     ids=["other-user", "other-status", "other-shard", "shard-not-a-number"],
@@ -665,15 +665,15 @@ def test_websocket_message__unknown_connection_creates_nothing():
     assert raw_items() == []
 
 
-def test_websocket_lifecycle__connect_message_disconnect_then_listed_nowhere(clock):
+def test_websocket_lifecycle__connect_message_disconnect_then_listed_nowhere(clock, handler_service):
     assert invoke(websocket_event("websocket_connect", "life-1", user_id="u9")) == {"statusCode": 200}
     assert ok({"action": "get_user_connections", "userId": "u9"})["count"] == 1
-    clock.advance(minutes=1)
+    clock.advance(seconds=handler_service.settings.activity_write_interval_seconds)  # one interval later
     assert invoke(websocket_event("websocket_message", "life-1")) == {"statusCode": 200}
     assert invoke(websocket_event("websocket_disconnect", "life-1")) == {"statusCode": 200}
 
     assert ok({"action": "get_user_connections", "userId": "u9"})["count"] == 0
     assert ok({"action": "get_all_connections"})["count"] == 0
     record = ok({"action": "get_connection", "connectionId": "life-1"})["connection"]
-    assert record["lastActiveAt"] == "2024-01-01T12:01:00Z"
+    assert record["lastActiveAt"] == "2024-01-01T12:05:00Z"
     assert record["disconnectReason"] == "client"

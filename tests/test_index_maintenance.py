@@ -1,4 +1,4 @@
-"""The sparse ``ActiveIndex`` holds exactly the CONNECTED rows, whoever changes a row.
+"""The sparse ``LiveIndex`` holds exactly the CONNECTED rows, whoever changes a row.
 
 The sweep and ``get_all_connections`` read only this index, so their cost depends on it
 staying live-only: a row must leave it in the same write that disconnects it (sweep,
@@ -14,19 +14,19 @@ from typing import Any
 import pytest
 
 from connection_manager.handler import lambda_handler
-from models.connection import ACTIVE_SHARDS, ConnectionModel, shard_for
+from models.connection import ConnectionModel, live_shards, shard_for
 from tests.support.events import FakeLambdaContext, websocket_event
 from tests.support.fixtures import *  # noqa: F401,F403
 from tests.support.fixtures import raw_item, raw_items
 
 
 def index_ids(client: Any) -> set[str]:
-    """The connection ids DynamoDB holds in ActiveIndex, every shard, every page."""
+    """The connection ids DynamoDB holds in LiveIndex, every shard, every page."""
     found: set[str] = set()
-    for shard in range(ACTIVE_SHARDS):
+    for shard in range(live_shards()):
         kwargs: dict[str, Any] = {
             "TableName": ConnectionModel.Meta.table_name,
-            "IndexName": "ActiveIndex",
+            "IndexName": "LiveIndex",
             "KeyConditionExpression": "activeShard = :shard",
             "ExpressionAttributeValues": {":shard": {"N": str(shard)}},
         }

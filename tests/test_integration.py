@@ -23,7 +23,7 @@ import connection_manager.wiring as wiring
 import connection_manager.observability as observability
 from connection_manager.handler import lambda_handler
 from connection_manager.wiring import get_service
-from models.connection import format_timestamp, shard_for
+from models.connection import activity_bucket, format_timestamp, shard_for
 from tests.support.engines import Engine
 from tests.support.events import FakeLambdaContext, load_event, websocket_event
 
@@ -112,7 +112,8 @@ def test_scheduled_cleanup__over_http(table):
     now = datetime.now(timezone.utc)
     old = format_timestamp(now - timedelta(hours=3))
     put(table, {"connectionId": "stale", "userId": "u1", "status": "CONNECTED", "createdAt": old,
-                "lastActiveAt": old, "activeShard": shard_for("stale")})
+                "lastActiveAt": old, "activeShard": shard_for("stale"),
+                "activeBucket": activity_bucket(now - timedelta(hours=3))})
     get_service().register_connection("fresh", "u1")
 
     response = call(load_event("scheduled_event"))

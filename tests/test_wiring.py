@@ -54,9 +54,9 @@ def test_model_for__other_table__leaves_the_shared_model_bound(service, settings
 
     # Then it is a ConnectionModel on that table, with indexes of its own, and the shared one is untouched
     assert issubclass(other, ConnectionModel) and other.Meta.table_name == OTHER_TABLE
-    assert other.active_index._model is other and other.user_index._model is other
+    assert other.live_index._model is other and other.user_index._model is other
     assert ConnectionModel.Meta.table_name == TABLE
-    assert ConnectionModel.active_index._model is ConnectionModel
+    assert ConnectionModel.live_index._model is ConnectionModel
 
 
 def test_get_service__built_once_from_the_environment(monkeypatch, fresh_handler_service, dynamodb):
