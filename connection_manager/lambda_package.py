@@ -148,6 +148,8 @@ def package_problems(package: Path) -> list[str]:
 
 
 def _how_to_fix(environment: Path | None) -> str:
+    if environment is not None and environment.resolve() == Path(sys.prefix).resolve():
+        return f"Zappa packages the virtualenv it runs from, {sys.prefix}: install the project there (pip install -e '.[dev]')."
     if os.environ.get("VIRTUAL_ENV"):
         why = f"VIRTUAL_ENV points at {environment}, and Zappa packages that environment"
     elif environment is not None:
