@@ -104,6 +104,20 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     return 0 if not body["failed"] else 1
 
 
+def cmd_package(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from connection_manager.lambda_package import build
+
+    output = Path(args.output or f"connection-manager-{args.stage}.zip").resolve()
+    problems = build(args.stage, output, project=Path.cwd())
+    if problems:
+        print("error: refusing the Lambda package: " + "; ".join(problems), file=sys.stderr)
+        return 1
+    print(f"checked {output}: it holds the function's code and dependencies and no dev tools")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="connection-manager",
@@ -148,6 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     local.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     local.set_defaults(func=cmd_local_dynamodb)
+
+    package = commands.add_parser(
+        "package",
+        help="build the stage's Lambda zip with Zappa from this virtualenv (activated or not) and check its contents",
+    )
+    package.add_argument("stage", help="a stage of zappa_settings.json, e.g. dev or production")
+    package.add_argument("-o", "--output", metavar="OUT", help="the zip to write (default connection-manager-STAGE.zip)")
+    package.set_defaults(func=cmd_package)
     return parser
 
 
