@@ -58,6 +58,7 @@ DEV_ONLY = (
     "scripts",
     "deploy",
     "docs",
+    ".dynamodb-local",
     "pytest",
     "_pytest",
     "pytest_timeout",

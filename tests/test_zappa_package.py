@@ -453,10 +453,12 @@ def test_settings__least_privilege_role(zappa_cli: Any) -> None:
             granted.setdefault(action, set()).update(resources)
     assert set(granted) == {
         "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DescribeTable", "dynamodb:Query",
-        "logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "lambda:InvokeFunction",
+        "dynamodb:BatchGetItem", "logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "lambda:InvokeFunction",
     }
     table_arn = f"arn:aws:dynamodb:*:*:table/{table}"
-    for action in ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DescribeTable"):
+    for action in (
+        "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DescribeTable", "dynamodb:BatchGetItem"
+    ):
         assert granted[action] == {table_arn}
     assert granted["dynamodb:Query"] == {f"{table_arn}/index/*"}
     log_group = f"arn:aws:logs:*:*:log-group:/aws/lambda/{zappa_cli.lambda_name}"
