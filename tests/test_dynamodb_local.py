@@ -18,6 +18,7 @@ import pytest
 from botocore.config import Config
 
 import tests.support.dynamodb_local as dynamodb_local_module
+import tests.support.local_server as local_server_module
 from tests.support.dynamo_proxy import DynamoProxy
 from tests.support.dynamodb_local import DynamoDBLocal, DynamoDBLocalError, _listens_on, ensure_installed
 
@@ -116,9 +117,9 @@ def test_dynamodb_local__first_port_taken__retries_then_stops_cleanly(monkeypatc
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         offered = [taken.getsockname()[1]]
-        real_free_port = dynamodb_local_module.free_port
+        real_free_port = local_server_module.free_port
         monkeypatch.setattr(
-            dynamodb_local_module, "free_port", lambda host: offered.pop() if offered else real_free_port(host)
+            local_server_module, "free_port", lambda host: offered.pop() if offered else real_free_port(host)
         )
         server = DynamoDBLocal()
         pids: list[int] = []

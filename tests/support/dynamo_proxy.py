@@ -27,9 +27,10 @@ import uuid
 from collections import Counter, deque
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any, Iterable, Literal
 from urllib.parse import urlsplit
+
+from tests.support.local_server import LocalServer
 
 FaultMode = Literal["throttle", "server_error", "drop"]
 FaultPhase = Literal["before", "after"]
@@ -100,7 +101,7 @@ def items_in_response(operation: str, payload: dict[str, Any]) -> tuple[int, int
     return 0, 0
 
 
-class DynamoProxy:
+class DynamoProxy(LocalServer):
     """Threaded HTTP proxy to ``upstream_url`` with latency, counters and fault injection.
 
     Every setting can be changed while requests are running (attributes or
@@ -343,17 +344,6 @@ class DynamoProxy:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
-
-    def __enter__(self) -> "DynamoProxy":
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- used by the handler -------------------------------------------------------
 

@@ -9,15 +9,14 @@ holds ``DynamoDBLocal.jar`` and ``DynamoDBLocal_lib/``) and needs Java. :func:`e
 fetches that folder into ``.dynamodb-local/`` at the repository root (git-ignored) the first
 time; ``python -m tests.support.dynamodb_local install`` does the same from a shell script.
 
-The API mirrors :class:`tests.support.moto_server.MotoServer`: ``start``, ``stop``, ``url``,
-``reset``, ``output``, and use as a context manager. Standard library only, and no pytest
+Like :class:`tests.support.moto_server.MotoServer` it is a
+:class:`tests.support.local_server.LocalServerProcess`: ``start``, ``stop``, ``url``,
+``output``, use as a context manager, and its own ``reset``. Standard library only, and no pytest
 imports: the benchmarks use it too.
 """
 from __future__ import annotations
 
-import atexit
 import fcntl
-import http.client
 import json
 import os
 import shutil
@@ -25,12 +24,10 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Any
+from typing import Any
 
-from tests.support.moto_server import LOOPBACK, free_port
+from tests.support.local_server import LOOPBACK, LocalServerProcess
 
 #: The npm package carrying the emulator, pinned so every run tests against the same engine.
 PACKAGE = "amplify-dynamodb-simulator"
@@ -161,7 +158,7 @@ def _listens_on(pid: int, port: int | None) -> bool:
     return False
 
 
-class DynamoDBLocal:
+class DynamoDBLocal(LocalServerProcess):
     """A DynamoDB Local JVM, in memory, on a free port of ``127.0.0.1``.
 
     ``-sharedDb`` makes every access key and region see the same tables, as one AWS
@@ -171,6 +168,11 @@ class DynamoDBLocal:
     crashed test run never leaves it behind).
     """
 
+    name = "DynamoDB Local"
+    error = DynamoDBLocalError
+    stop_timeout = 10.0
+    poll_interval = 0.1
+
     def __init__(
         self,
         *,
@@ -179,55 +181,24 @@ class DynamoDBLocal:
         startup_timeout: float = 90.0,
         install: bool = True,
     ) -> None:
-        self.host = host
-        self._requested_port = port
-        self.port: int | None = None
         # The JVM takes seconds to start on a loaded machine; readiness is polled, so a
         # generous bound costs nothing when it starts fast. It stays under pytest's
         # 120 s timeout, so a JVM that never comes up fails with its own log.
-        self.startup_timeout = startup_timeout
+        super().__init__(host=host, port=port, startup_timeout=startup_timeout)
         self.install = install
-        self._process: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
+        # Placeholders: _prepare() finds the real ones at start, so constructing one checks nothing.
+        self._directory = emulator_dir()
+        self._java = "java"
 
-    @property
-    def url(self) -> str:
-        """Base URL of the running server, e.g. ``http://127.0.0.1:54321``."""
-        if self.port is None:
-            raise DynamoDBLocalError("DynamoDB Local is not started")
-        return f"http://{self.host}:{self.port}"
+    def _prepare(self) -> None:
+        self._directory = ensure_installed() if self.install else emulator_dir()
+        if not is_installed(self._directory):
+            raise DynamoDBLocalError(f"DynamoDB Local is not installed in {self._directory}")
+        self._java = java_command()
 
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    def start(self) -> "DynamoDBLocal":
-        """Start the JVM and return once it answers a DynamoDB request."""
-        if self.running:
-            return self
-        directory = ensure_installed() if self.install else emulator_dir()
-        if not is_installed(directory):
-            raise DynamoDBLocalError(f"DynamoDB Local is not installed in {directory}")
-        java = java_command()
-        # The port is picked before the JVM binds it; if another process takes it in
-        # between, the JVM fails to bind and we try another one.
-        attempts = 1 if self._requested_port is not None else 3
-        last_error: DynamoDBLocalError | None = None
-        for _ in range(attempts):
-            port = self._requested_port or free_port(self.host)
-            try:
-                self._spawn(java, directory, port)
-                atexit.register(self.stop)
-                return self
-            except DynamoDBLocalError as error:
-                last_error = error
-                self._cleanup()
-        assert last_error is not None
-        raise last_error
-
-    def _spawn(self, java: str, directory: Path, port: int) -> None:
+    def _command(self, port: int) -> list[str]:
         command = [
-            java,
+            self._java,
             *JVM_OPTIONS,
             f"-Djava.library.path={LIB}",
             "-jar",
@@ -243,69 +214,63 @@ class DynamoDBLocal:
         setpriv = shutil.which("setpriv")
         if setpriv and sys.platform.startswith("linux"):
             command = [setpriv, "--pdeathsig", "KILL", *command]
-        env = dict(os.environ)
-        for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "JAVA_TOOL_OPTIONS"):
-            env.pop(name, None)
-        # A file (not a pipe) can never fill up and block the JVM, and still shows why it died.
-        self._log = tempfile.TemporaryFile(prefix="dynamodb-local-")
-        self.port = port
-        self._process = subprocess.Popen(
-            command, cwd=directory, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, env=env
-        )
-        self._wait_until_ready()
+        return command
 
-    def _wait_until_ready(self) -> None:
+    def _environment(self, port: int) -> dict[str, str]:
+        env = super()._environment(port)
+        env.pop("JAVA_TOOL_OPTIONS", None)
+        return env
+
+    def _working_directory(self) -> Path:
+        return self._directory
+
+    def _startup_failure(self) -> str | None:
+        # On a failed bind the JVM logs it and lives on (Jetty's threads keep it up).
+        if "Failed to bind" in self.output():
+            return f"DynamoDB Local could not listen on port {self.port}"
+        return None
+
+    def _ready(self) -> bool:
+        """True once our own JVM listens on the port and a real ``ListTables`` succeeds.
+
+        Another server that took the port in the meantime (another test run's moto or
+        DynamoDB Local) would answer ListTables just as well; and the port opens before
+        requests work.
+        """
         assert self._process is not None
-        deadline = time.monotonic() + self.startup_timeout
-        while True:
-            if self._process.poll() is not None:
-                raise DynamoDBLocalError(
-                    f"DynamoDB Local exited with code {self._process.returncode} before answering:\n{self.output()}"
-                )
-            # On a failed bind the JVM logs it and lives on (Jetty's threads keep it up).
-            if "Failed to bind" in self.output():
-                raise DynamoDBLocalError(f"DynamoDB Local could not listen on port {self.port}:\n{self.output()}")
-            # Only our own JVM listening on the port counts: another server that took the
-            # port in the meantime (another test run's moto or DynamoDB Local) would answer
-            # ListTables just as well.
-            if _listens_on(self._process.pid, self.port) and self._answers():
-                return
-            if time.monotonic() > deadline:
-                raise DynamoDBLocalError(
-                    f"DynamoDB Local did not answer on {self.url} within {self.startup_timeout:.0f}s:\n{self.output()}"
-                )
-            time.sleep(0.1)
-
-    def _answers(self) -> bool:
-        """True once a real ``ListTables`` succeeds (the port alone opens before requests work)."""
+        if not _listens_on(self._process.pid, self.port):
+            return False
         try:
             self.call("ListTables", {}, timeout=2)
             return True
         except (OSError, DynamoDBLocalError):
             return False
 
+    def _terminate(self, process: subprocess.Popen[bytes], timeout: float) -> None:
+        """SIGKILL straight away.
+
+        The database lives in the JVM's memory, so there is nothing to flush, and a
+        polite SIGTERM costs a second or two of Jetty shutdown.
+        """
+        process.kill()
+        process.wait(timeout=timeout)
+
     def call(self, operation: str, payload: dict[str, Any], *, timeout: float = 10) -> dict[str, Any]:
         """One DynamoDB API call (``ListTables``, ``DeleteTable``...) over plain HTTP."""
-        assert self.port is not None, "DynamoDB Local is not started"
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
-        try:
-            conn.request(
-                "POST",
-                "/",
-                body=json.dumps(payload).encode(),
-                headers={
-                    "Content-Type": "application/x-amz-json-1.0",
-                    "X-Amz-Target": f"DynamoDB_20120810.{operation}",
-                    "X-Amz-Date": "20240101T000000Z",
-                    "Authorization": _AUTHORIZATION,
-                },
-            )
-            response = conn.getresponse()
-            body = response.read()
-        finally:
-            conn.close()
-        if response.status != 200:
-            raise DynamoDBLocalError(f"{operation} answered {response.status}: {body[:500]!r}")
+        status, body = self._request(
+            "POST",
+            "/",
+            body=json.dumps(payload).encode(),
+            headers={
+                "Content-Type": "application/x-amz-json-1.0",
+                "X-Amz-Target": f"DynamoDB_20120810.{operation}",
+                "X-Amz-Date": "20240101T000000Z",
+                "Authorization": _AUTHORIZATION,
+            },
+            timeout=timeout,
+        )
+        if status != 200:
+            raise DynamoDBLocalError(f"{operation} answered {status}: {body[:500]!r}")
         return json.loads(body or b"{}")
 
     def table_names(self) -> list[str]:
@@ -330,52 +295,6 @@ class DynamoDBLocal:
             except DynamoDBLocalError as error:
                 if "ResourceNotFoundException" not in str(error):
                     raise
-
-    def output(self) -> str:
-        """Everything the JVM wrote to stdout and stderr so far (for error messages)."""
-        if self._log is None:
-            return ""
-        self._log.flush()
-        self._log.seek(0)
-        text = self._log.read().decode("utf-8", "replace")
-        self._log.seek(0, os.SEEK_END)
-        return text[-4000:]
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the JVM.
-
-        SIGKILL straight away: the database lives in the JVM's memory, so there is
-        nothing to flush, and a polite SIGTERM costs a second or two of Jetty shutdown.
-        """
-        atexit.unregister(self.stop)
-        process = self._process
-        if process is not None and process.poll() is None:
-            process.kill()
-            process.wait(timeout=timeout)
-        self._cleanup()
-
-    def _cleanup(self) -> None:
-        process = self._process
-        if process is not None and process.poll() is None:
-            process.kill()
-            process.wait()
-        self._process = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        if self._requested_port is None:
-            self.port = None
-
-    def __enter__(self) -> "DynamoDBLocal":
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
