@@ -5,9 +5,14 @@ miscounted, cost assertions elsewhere would pass or fail for the wrong reason.
 """
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -19,6 +24,8 @@ from tests.support.dynamo_proxy import DynamoProxy, items_in_response, operation
 from tests.support.moto_server import MotoServer, MotoServerError
 
 pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[1]
 
 TABLE = "support-test"
 # botocore reads "max_attempts" as retries after the first try; "total_max_attempts"
@@ -327,3 +334,19 @@ def test_moto_server__port_taken__clear_error() -> None:
         with pytest.raises(MotoServerError, match="exited with code"):
             server.start()
     assert not server.running
+
+
+def test_moto_server__run_ends_without_stop__server_is_gone() -> None:
+    # Given a Python run that starts a moto server and never stops it
+    script = "from tests.support.moto_server import MotoServer; print(MotoServer().start()._process.pid)"
+
+    # When that run ends
+    finished = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True)
+
+    # Then the server ended with it
+    assert finished.returncode == 0, finished.stderr
+    pid = int(finished.stdout)
+    left_behind = Path(f"/proc/{pid}").exists()
+    if left_behind:
+        os.kill(pid, signal.SIGKILL)
+    assert not left_behind
