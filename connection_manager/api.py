@@ -24,6 +24,7 @@ from werkzeug.routing import ValidationError as NoMatch
 
 from connection_manager import schemas as s
 from connection_manager.auth import authorize_change, authorize_read, caller
+from connection_manager.config import Settings
 from connection_manager.errors import ConnectionManagerError, UnsupportedMediaTypeError, ValidationError
 from connection_manager.observability import audit
 from connection_manager.operations import OPERATIONS, Invocation, run_action
@@ -48,9 +49,32 @@ class ServiceHolder:
             self._service = self._factory()
         return self._service
 
+    def admin_token_set(self) -> bool:
+        """Whether an admin token guards the API, without building the service.
+
+        The pages (the OpenAPI document among them) must work before, and without, any
+        DynamoDB access, so until the service exists this reads the same environment
+        settings it will be built from.
+        """
+        settings = self._service.settings if self._service is not None else Settings.from_env()
+        return bool(settings.admin_token)
+
 
 def current_service() -> ConnectionService:
     return current_app.extensions[EXTENSION].service
+
+
+@dataclass(frozen=True)
+class Link:
+    """An OpenAPI link: values of a response (or of its request) that feed another operation.
+
+    Clients and the stateful fuzzer follow them: ``nextToken`` comes only from a previous
+    page, so a link is how a generated request gets a token this server issued.
+    """
+
+    name: str
+    operation_id: str
+    parameters: tuple[tuple[str, str], ...]  # (parameter name, runtime expression)
 
 
 @dataclass(frozen=True)
@@ -69,8 +93,11 @@ class Route:
     body_required: bool = False
     response: type[msgspec.Struct] | None = None
     status: int = 200
+    #: Statuses of this route's own; those every route can get, and 401/403 (which follow the
+    #: server's access settings), are added by the document.
     errors: tuple[int, ...] = ()
     description: str = ""
+    links: tuple[Link, ...] = ()
     #: Open to anyone who reaches the server, even with ADMIN_TOKEN set (a load balancer's health check).
     public: bool = False
 
@@ -103,37 +130,50 @@ API_ROUTES: tuple[Route, ...] = (
     ),
     Route(
         "GET", "/connections", "get_all_connections", OPERATIONS["get_all_connections"].summary, "connections",
-        action="get_all_connections", query=s.Page, response=s.ConnectionList, errors=(400, 503),
+        action="get_all_connections", query=s.Page, response=s.ConnectionList, errors=(503,),
         description="Pass the `nextToken` of a page to get the next one; the last page has none.",
+        links=(
+            Link("nextPage", "get_all_connections", (("nextToken", "$response.body#/nextToken"),)),
+            Link("firstConnection", "get_connection", (("connectionId", "$response.body#/connections/0/connectionId"),)),
+        ),
     ),
     Route(
         "POST", "/connections/cleanup", "cleanup_stale_connections",
         OPERATIONS["cleanup_stale_connections"].summary, "maintenance",
         action="cleanup_stale_connections", body=s.CleanupStaleConnections, response=s.CleanupResult,
-        errors=(400, 401, 403, 415, 503),
+        errors=(415, 503),
         description="An empty body means the defaults (`dryRun` false, `staleAfterSeconds` from the settings). "
         "`complete` is false when the run stopped early to stay within its time budget.",
     ),
     Route(
         "GET", "/connections/<connectionkey:connectionId>", "get_connection", OPERATIONS["get_connection"].summary,
-        "connections", action="get_connection", response=s.ConnectionEnvelope, errors=(400, 404, 503),
+        "connections", action="get_connection", response=s.ConnectionEnvelope, errors=(404, 503),
+        links=(
+            Link("updateStatus", "update_connection_status", (("connectionId", "$response.body#/connection/connectionId"),)),
+            Link("userConnections", "get_user_connections", (("userId", "$response.body#/connection/userId"),)),
+        ),
     ),
     Route(
         "PATCH", "/connections/<connectionkey:connectionId>", "update_connection_status",
         OPERATIONS["update_connection_status"].summary, "connections",
         action="update_connection_status", body=s.StatusChange, body_required=True,
-        response=s.ConnectionEnvelope, errors=(400, 401, 403, 404, 415, 503),
+        response=s.ConnectionEnvelope, errors=(404, 415, 503),
         description="DISCONNECTED records reason `admin`. Setting the status a connection already has changes nothing.",
     ),
     Route(
         "GET", "/users/<key:userId>/connections", "get_user_connections",
         OPERATIONS["get_user_connections"].summary, "users",
-        action="get_user_connections", query=s.Page, response=s.ConnectionList, errors=(400, 503),
+        action="get_user_connections", query=s.Page, response=s.ConnectionList, errors=(503,),
+        links=(
+            Link("nextPage", "get_user_connections",
+                 (("userId", "$request.path.userId"), ("nextToken", "$response.body#/nextToken"))),
+            Link("disconnectUser", "disconnect_user", (("userId", "$request.path.userId"),)),
+        ),
     ),
     Route(
         "POST", "/users/<key:userId>/disconnect", "disconnect_user", OPERATIONS["disconnect_user"].summary, "users",
         action="disconnect_user", body=s.NoParams, response=s.DisconnectResult,
-        errors=(400, 401, 403, 415, 503),
+        errors=(415, 503),
         description="Takes no body (an empty JSON object is accepted too).",
     ),
 )
@@ -221,26 +261,51 @@ def _json_body() -> Any:
         raise ValidationError(f"The request body is not valid JSON: {exc}") from None
 
 
-def _payload(route: Route, path: dict[str, str]) -> tuple[dict[str, Any], bool]:
-    """Collect and validate the action's parameters; returns ``(payload, strict)``."""
+def _typed_query(struct: type[s.Params], query: dict[str, str]) -> dict[str, Any]:
+    """The query string's text as the JSON values the document describes.
+
+    A parameter typed ``integer`` takes the text of a JSON number with a whole value
+    (``10``, ``10.0``); anything else (``null``, ``true``, ``1.5``, `` 10``) is a 400, as the
+    document says. Other parameters stay text. The values are then validated strictly, like
+    a JSON body, so ``null`` never passes for an absent ``limit``.
+    """
+    integers = s.integer_fields(struct)
+    return {name: _query_integer(name, text) if name in integers else text for name, text in query.items()}
+
+
+def _query_integer(name: str, text: str) -> Any:
+    refused = ValidationError(f"Query parameter `{name}` must be an integer, got {text[:40]!r}")
+    if text != text.strip():
+        raise refused
+    try:
+        value = msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        raise refused from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise refused
+    if isinstance(value, float) and not value.is_integer():
+        raise refused
+    return int(value)
+
+
+def _payload(route: Route, path: dict[str, str]) -> dict[str, Any]:
+    """Collect and validate the action's parameters."""
     query = _query()
     if route.query is None and query:
         raise ValidationError("Unknown query parameter(s): " + ", ".join(f"`{name}`" for name in query))
     payload: dict[str, Any] = dict(path)
-    strict = True
     if route.query is not None:
-        # Query values are text; the lax mode turns "10" into 10 and still rejects "abc".
-        s.parse(route.query, query, strict=False)
-        payload.update(query)
-        strict = False
+        typed = _typed_query(route.query, query)
+        s.parse(route.query, typed)
+        payload.update(typed)
     if route.body is not None:
         body = _json_body()
         # The body's own schema first: it rejects a body that tries to set a path parameter.
         s.parse(route.body, body)
         payload.update(body)
     if route.action is not None:
-        s.parse(OPERATIONS[route.action].schema, payload, strict=strict)
-    return payload, strict
+        s.parse(OPERATIONS[route.action].schema, payload)
+    return payload
 
 
 def _make_view(route: Route) -> Callable[..., Response | tuple[Response, int]]:
@@ -253,8 +318,7 @@ def _make_view(route: Route) -> Callable[..., Response | tuple[Response, int]]:
             return jsonify(route.read(current_service()))
         assert route.action is not None
         if not route.mutates:
-            payload, strict = _payload(route, path)
-            status, body = run_action(current_service(), route.action, payload, strict=strict)
+            status, body = run_action(current_service(), route.action, _payload(route, path))
             return jsonify(body), status
         return _change(route, path)
 
@@ -280,14 +344,14 @@ def _change(route: Route, path: dict[str, str]) -> tuple[Response, int]:
         audit(caller(request.environ), route.action, target, f"denied:{exc.code}")
         raise
     try:
-        payload, strict = _payload(route, path)
+        payload = _payload(route, path)
     except ConnectionManagerError as exc:
         audit(principal, route.action, target, f"error:{exc.code}")
         raise
     invocation = Invocation(principal=principal, time_left_ms=_time_left())
     try:
         # run_action writes the audit line for its own outcome (success or a project error).
-        status, body = run_action(service, route.action, payload, strict=strict, invocation=invocation)
+        status, body = run_action(service, route.action, payload, invocation=invocation)
     except ConnectionManagerError:
         raise
     except Exception:

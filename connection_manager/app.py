@@ -13,11 +13,11 @@ from typing import Any, Callable
 from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
-from connection_manager.api import CONVERTERS, EXTENSION, PAGE_ROUTES, ServiceHolder, create_blueprint
+from connection_manager.api import API_ROUTES, CONVERTERS, EXTENSION, PAGE_ROUTES, ServiceHolder, create_blueprint
 from connection_manager.auth import gateway_event, refuse_foreign_host
 from connection_manager.errors import ConnectionManagerError, InternalError
 from connection_manager.observability import record_error
-from connection_manager.openapi import build_document, document_for
+from connection_manager.openapi import Access, build_document, document_for
 from connection_manager.service import ConnectionService
 from connection_manager.wiring import get_service
 
@@ -34,8 +34,47 @@ _HTTP_CODES = {
     404: "NotFound",
     405: "MethodNotAllowed",
     413: "PayloadTooLarge",
+    414: "UriTooLong",
     415: "UnsupportedMediaType",
+    431: "RequestHeaderFieldsTooLarge",
 }
+
+def http_error_code(status: int, phrase: str) -> str:
+    """The ``error`` code of an HTTP-level failure: ours where we name it, else the reason phrase."""
+    return _HTTP_CODES.get(status, phrase.replace(" ", "").replace("-", ""))
+
+
+#: The methods the route table serves; anything else on a known path is a 405.
+_METHODS = tuple(sorted({route.method for route in API_ROUTES} | {"GET"}))
+
+
+class AdminApp(Flask):
+    """Flask, with ``OPTIONS`` answered from the route table rather than from werkzeug's rule scan.
+
+    Werkzeug lists every rule whose pattern matches the path, before converters run, so
+    ``/connections/cleanup`` would advertise the GET and PATCH of ``/connections/{connectionId}``,
+    which its converter refuses. :func:`allowed_methods` asks the router, method by method.
+    """
+
+    def make_default_options_response(self) -> Response:
+        response = self.response_class()
+        response.allow.update(allowed_methods())
+        return response
+
+
+def allowed_methods() -> list[str]:
+    """The methods the current request's path really dispatches, plus HEAD (with GET) and OPTIONS."""
+    adapter = current_app.create_url_adapter(request)
+    methods: list[str] = []
+    for method in _METHODS:
+        try:
+            adapter.match(method=method)  # type: ignore[union-attr]
+        except HTTPException:
+            continue
+        methods.append(method)
+    if "GET" in methods:
+        methods.append("HEAD")
+    return [*methods, "OPTIONS"] if methods else []
 
 
 def create_app(
@@ -50,13 +89,13 @@ def create_app(
     ``service_factory`` (default: the process-wide service of ``connection_manager.wiring``)
     runs on first use.
     """
-    app = Flask(__name__)
+    app = AdminApp(__name__)
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES)
     if config:
         app.config.update(config)
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the contract's field order
     app.extensions[EXTENSION] = ServiceHolder(service, service_factory or get_service)
-    app.extensions["openapi"] = build_document()
+    app.extensions["openapi"] = {}  # Access -> document, built on first request (see openapi())
     app.url_map.converters.update(CONVERTERS)
     app.register_blueprint(create_blueprint())
     app.register_blueprint(_pages_blueprint())
@@ -87,8 +126,15 @@ def dashboard() -> str:
 
 
 def openapi() -> Response:
-    """The OpenAPI 3.1 document of this API."""
-    return jsonify(document_for(_api_base() or "/", current_app.extensions["openapi"]))
+    """The OpenAPI 3.1 document of this API, as this server is configured."""
+    access = Access(
+        gateway=gateway_event(request.environ) is not None,
+        admin_token=current_app.extensions[EXTENSION].admin_token_set(),
+    )
+    documents: dict[Access, dict[str, Any]] = current_app.extensions["openapi"]
+    if access not in documents:
+        documents[access] = build_document(access=access)
+    return jsonify(document_for(_api_base() or "/", documents[access]))
 
 
 def docs() -> str:
@@ -131,14 +177,14 @@ def _register_error_handlers(app: Flask) -> None:
         if isinstance(exc, NotFound):
             message = f"No such path: {request.path}"
         elif isinstance(exc, MethodNotAllowed):
-            allowed = sorted(set(exc.valid_methods or ()) - {"HEAD", "OPTIONS"})
+            allowed = [method for method in allowed_methods() if method not in ("HEAD", "OPTIONS")]
             message = f"{request.method} is not allowed on {request.path}; allowed: {', '.join(allowed)}"
         else:
             message = exc.description or exc.name
-        code = _HTTP_CODES.get(exc.code, exc.name.replace(" ", ""))
+        code = http_error_code(exc.code, exc.name)
         response, status = _error(exc.code, code, message)
-        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
-            response.headers["Allow"] = ", ".join(exc.valid_methods)
+        if isinstance(exc, MethodNotAllowed):
+            response.headers["Allow"] = ", ".join(allowed_methods())
         return response, status
 
     @app.errorhandler(Exception)

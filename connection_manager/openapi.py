@@ -9,6 +9,7 @@ in the document without anyone remembering to update it.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import msgspec
@@ -27,7 +28,10 @@ _ERRORS = {
     404: "No such connection, or no such path.",
     405: "The path exists but not with this method.",
     413: "A request body larger than 64 KiB.",
+    414: "A request line longer than the server takes (64 KiB when run locally; behind API Gateway, "
+    "its own limit applies).",
     415: "A request body that is not application/json.",
+    431: "Request headers larger than the server takes.",
     500: "A bug; the details are in the server's logs only.",
     503: "DynamoDB is unreachable, throttling or failing after retries.",
 }
@@ -45,7 +49,48 @@ API request but `/health`, reads included, needs `Authorization: Bearer <token>`
 missing, 403 when wrong); the pages (dashboard, docs, this document) hold no data and stay
 open. Every state-changing request writes one audit log line: principal, action, target
 and outcome.
+
+**This document describes the server that serves it.** Each operation's `security`, and
+its 401 and 403 answers, say what this server, as configured, asks for: nothing on
+loopback without `ADMIN_TOKEN` (changes a browser sends from another site are still
+refused with 403), the bearer token when `ADMIN_TOKEN` is set, SigV4 behind API Gateway.
+Every path also answers `OPTIONS` (its `Allow` header lists the methods documented here,
+plus `HEAD` where there is `GET`, and `OPTIONS`).
 """
+
+
+@dataclass(frozen=True)
+class Access:
+    """How the serving app admits callers: what the document's ``security`` must say."""
+
+    #: Behind API Gateway (IAM-authorized): every request is SigV4-signed before it arrives.
+    gateway: bool = False
+    #: ``ADMIN_TOKEN`` is set: outside API Gateway, every API route but the public ones needs it.
+    admin_token: bool = False
+
+    def security(self, *, api: bool, public: bool, mutates: bool) -> list[dict[str, list[str]]]:
+        """The operation's security requirements; ``[]`` means open."""
+        if self.gateway:
+            return [{"iamSigV4": []}]
+        if api and not public and self.admin_token:
+            return [{"adminToken": []}]
+        return []
+
+    def statuses(self, *, api: bool, public: bool, mutates: bool) -> set[int]:
+        """The access statuses the operation can answer, as configured."""
+        if self.gateway:
+            # API Gateway refuses a bad signature (403); a change without a caller identity is 403,
+            # or 401/403 when a token is configured as the fallback.
+            return {403} | ({401} if mutates and self.admin_token else set())
+        codes: set[int] = {403} if mutates else set()  # a cross-site Origin is refused, token or not
+        if api and not public and self.admin_token:
+            codes |= {401, 403}
+        return codes
+
+
+#: Statuses any request can get: a foreign Host or a malformed request (400), a method the
+#: path does not have (405), a request line or headers too long for the server (414, 431), a bug (500).
+_ALWAYS = frozenset({400, 405, 414, 431, 500})
 
 _SECURITY_SCHEMES = {
     "iamSigV4": {
@@ -120,7 +165,17 @@ def _json(ref_name: str) -> dict[str, Any]:
     return {"application/json": {"schema": {"$ref": REF.format(name=ref_name)}}}
 
 
-def _operation(route: Route, params: dict[str, Any]) -> dict[str, Any]:
+def _error_responses(codes: Iterable[int]) -> dict[str, Any]:
+    return {str(code): {"description": _ERRORS[code], "content": _json("ErrorBody")} for code in sorted(codes)}
+
+
+def _links(route: Route) -> dict[str, Any]:
+    return {
+        link.name: {"operationId": link.operation_id, "parameters": dict(link.parameters)} for link in route.links
+    }
+
+
+def _operation(route: Route, params: dict[str, Any], access: Access) -> dict[str, Any]:
     operation: dict[str, Any] = {
         "operationId": route.operation_id,
         "summary": route.summary,
@@ -136,39 +191,42 @@ def _operation(route: Route, params: dict[str, Any]) -> dict[str, Any]:
     success: dict[str, Any] = {"description": "Success."}
     if route.response is not None:
         success["content"] = _json(route.response.__name__)
-    responses: dict[str, Any] = {str(route.status): success}
-    always = {405, 500} | ({413} if route.body is not None else set()) | (set() if route.public else {401, 403})
-    for code in sorted({*route.errors, *always}):
-        responses[str(code)] = {"description": _ERRORS[code], "content": _json("ErrorBody")}
-    operation["responses"] = responses
-    # Reads are open locally ({} = no credentials needed); changes need IAM or the admin token.
-    operation["security"] = (
-        [{"iamSigV4": []}, {"adminToken": []}] if route.mutates else [{"iamSigV4": []}, {}]
-    )
+    if route.links:
+        success["links"] = _links(route)
+    kind = {"api": True, "public": route.public, "mutates": route.mutates}
+    codes = {*route.errors, *_ALWAYS, *access.statuses(**kind)} | ({413} if route.body is not None else set())
+    operation["responses"] = {str(route.status): success, **_error_responses(codes)}
+    operation["security"] = access.security(**kind)
     return operation
 
 
-def _page_operation(page: PageRoute) -> dict[str, Any]:
+def _page_operation(page: PageRoute, access: Access) -> dict[str, Any]:
     content: dict[str, Any] = {page.media_type: {"schema": {"type": "object"} if "json" in page.media_type
                                                   else {"type": "string"}}}
+    kind = {"api": False, "public": True, "mutates": False}
     return {
         "operationId": page.endpoint,
         "summary": page.summary,
         "tags": ["pages"],
-        "responses": {"200": {"description": "Success.", "content": content}},
-        "security": [{"iamSigV4": []}, {}],
+        "responses": {"200": {"description": "Success.", "content": content},
+                      **_error_responses({*_ALWAYS, *access.statuses(**kind)})},
+        "security": access.security(**kind),
     }
 
 
-def build_document(routes: Iterable[Route] = API_ROUTES, pages: Iterable[PageRoute] = PAGE_ROUTES) -> dict[str, Any]:
-    """The whole document, without ``servers`` (those depend on where the app is mounted)."""
+def build_document(
+    routes: Iterable[Route] = API_ROUTES, pages: Iterable[PageRoute] = PAGE_ROUTES, access: Access = Access()
+) -> dict[str, Any]:
+    """The whole document for a server admitting callers as ``access`` says, without ``servers``
+    (those depend on where the app is mounted)."""
     routes = tuple(routes)
     components, params = _components(routes)
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
-        paths.setdefault(route.openapi_path, {})[route.method.lower()] = _operation(route, params)
+        paths.setdefault(route.openapi_path, {})[route.method.lower()] = _operation(route, params, access)
     for page in pages:
-        paths.setdefault(page.rule, {})["get"] = _page_operation(page)
+        paths.setdefault(page.rule, {})["get"] = _page_operation(page, access)
+    used = {name for item in paths.values() for op in item.values() for req in op["security"] for name in req}
     return {
         "openapi": "3.1.0",
         "info": {"title": "Connection Manager admin API", "version": VERSION, "description": _DESCRIPTION},
@@ -180,7 +238,10 @@ def build_document(routes: Iterable[Route] = API_ROUTES, pages: Iterable[PageRou
             {"name": "pages", "description": "Pages for people, and this document."},
         ],
         "paths": paths,
-        "components": {"schemas": components, "securitySchemes": _SECURITY_SCHEMES},
+        "components": {
+            "schemas": components,
+            "securitySchemes": {name: scheme for name, scheme in _SECURITY_SCHEMES.items() if name in used},
+        },
     }
 
 

@@ -8,8 +8,10 @@ imports in a few milliseconds, which matters on a Lambda cold start.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
+import re
 from decimal import Decimal
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -25,16 +27,44 @@ MAX_METADATA_BYTES = 2048
 MAX_METADATA_DEPTH = 4
 MAX_STALE_AFTER_SECONDS = 365 * 24 * 3600
 
+#: The characters Python's ``str.isspace`` counts as whitespace, spelled out. JSON Schema's
+#: ``\s`` is another set (it has U+FEFF but not U+001C-U+001F or U+0085), so the document
+#: and the server share this explicit class instead of relying on either's shorthand.
+WHITESPACE = r"\t\n\x0b\x0c\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+#: A key holds at least one character outside :data:`WHITESPACE`. JSON Schema's ``pattern``
+#: searches (it is not anchored), as ``re.search`` does, so the same text serves both.
+NOT_BLANK = f"[^{WHITESPACE}]"
+_NOT_BLANK = re.compile(NOT_BLANK)
+
 KeyString = Annotated[
     str,
-    Meta(min_length=1, max_length=MAX_KEY_BYTES, description="A DynamoDB key value: 1 to 2048 UTF-8 bytes."),
+    Meta(
+        min_length=1,
+        max_length=MAX_KEY_BYTES,
+        description="A DynamoDB key value: 1 to 2048 UTF-8 bytes, not only whitespace.",
+        # Documented only: _check_key applies it, with a message that says "blank" rather than a regex.
+        extra_json_schema={"pattern": NOT_BLANK},
+    ),
 ]
 Status = Literal["CONNECTED", "DISCONNECTED"]
 Limit = Annotated[int, Meta(ge=1, le=MAX_PAGE_SIZE, description="Page size, 1 to 1000.")]
-#: Tokens carry DynamoDB's last key; with keys of 2048 bytes of arbitrary characters one
-#: can reach ~50 KB (ordinary ids make tokens of a few hundred characters).
+#: The shape of every token the service issues (``tokens.TokenCodec.encode``): unpadded
+#: base64url of the payload, a dot, and 22 characters of base64url for the 16-byte signature.
+TOKEN_PATTERN = r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]{22}$"
+#: Longest token accepted. The longest the service can issue is 49,326 characters (a user
+#: listing whose scope and last key hold 2048-byte ids of control characters, each escaped to
+#: six bytes of JSON); ordinary ids make tokens of a few hundred. The bound also keeps the
+#: longest request line (worst-case id in the path, plus a token one character too long)
+#: under the 64 KiB a request line may take, so an over-long token is answered as a 400.
+MAX_TOKEN_CHARS = 50_000
 NextToken = Annotated[
-    str, Meta(min_length=1, max_length=65_536, description="Opaque token from a previous page's `nextToken`.")
+    str,
+    Meta(
+        min_length=1,
+        max_length=MAX_TOKEN_CHARS,
+        pattern=TOKEN_PATTERN,
+        description="Opaque token from a previous page's `nextToken`; any other value is a 400.",
+    ),
 ]
 StaleAfter = Annotated[
     int, Meta(ge=1, le=MAX_STALE_AFTER_SECONDS, description="Seconds without activity after which a connection is stale.")
@@ -45,7 +75,7 @@ Timestamp = Annotated[str, Meta(description="ISO-8601 UTC with a Z suffix.", exa
 def _check_key(name: str, value: str) -> None:
     if len(value.encode("utf-8")) > MAX_KEY_BYTES:
         raise ValueError(f"`{name}` is longer than DynamoDB allows ({MAX_KEY_BYTES} bytes)")
-    if not value.strip():
+    if not _NOT_BLANK.search(value):
         raise ValueError(f"`{name}` must not be blank")
 
 
@@ -289,10 +319,41 @@ def parse(schema: type[P], data: Any, *, strict: bool = True) -> P:
     """
     if not isinstance(data, dict):
         raise ValidationError(f"Expected a JSON object, got {_json_type(data)}")
+    integers = integer_fields(schema)
+    if integers:
+        data = {key: _integral(value) if key in integers else value for key, value in data.items()}
     try:
         return msgspec.convert(data, type=schema, strict=strict)
     except msgspec.ValidationError as exc:
         raise ValidationError(_readable(str(exc))) from None
+
+
+@functools.cache
+def integer_fields(schema: type[Struct]) -> frozenset[str]:
+    """Names of the fields typed ``int`` (or ``int | None``), as they appear in requests."""
+    import msgspec.inspect as mi  # only on first use: the raw handler's cold start stays small
+
+    def is_int(info: Any) -> bool:
+        if isinstance(info, mi.Metadata):  # a documented type: Annotated[int, Meta(description=...)]
+            return is_int(info.type)
+        if isinstance(info, mi.UnionType):
+            return any(is_int(member) for member in info.types)
+        return isinstance(info, mi.IntType)
+
+    info = mi.type_info(schema)
+    return frozenset(f.encode_name for f in info.fields if is_int(f.type)) if isinstance(info, mi.StructType) else frozenset()
+
+
+def _integral(value: Any) -> Any:
+    """``2834.0`` is the integer 2834: JSON Schema's ``integer`` is a value, not a spelling.
+
+    The OpenAPI document says ``integer``, and a JSON encoder may write a whole number as
+    ``2834.0``; refusing it would refuse what the document allows. Other floats stay floats
+    and are refused as before.
+    """
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def _json_type(value: Any) -> str:

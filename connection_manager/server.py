@@ -9,6 +9,7 @@ instruction rather than an ImportError.
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import os
 import re
@@ -16,6 +17,7 @@ import signal
 import sys
 import threading
 from contextlib import contextmanager
+from http import HTTPStatus
 from types import FrameType
 from typing import Any, Iterator, TextIO
 
@@ -51,7 +53,30 @@ def display_url(host: str, port: int) -> str:
 
 
 class AccessLogHandler(WSGIRequestHandler):
-    """Request lines under our own logger, so the embedded DynamoDB's chatter can be silenced alone."""
+    """Request lines under our own logger, so the embedded DynamoDB's chatter can be silenced alone.
+
+    Errors the HTTP server finds before the app runs (a request line over 64 KiB: 414; too
+    many or too long headers: 431; a malformed request line: 400) get the API's JSON error
+    body, as the OpenAPI document says, instead of http.server's HTML page.
+    """
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        from connection_manager.app import http_error_code
+
+        try:
+            phrase = HTTPStatus(code).phrase
+        except ValueError:
+            phrase = "Error"
+        body = json.dumps({"error": http_error_code(code, phrase), "message": message or phrase}).encode()
+        self.log_error("code %d, message %s", code, message)
+        self.send_response(code, message)
+        self.send_header("Connection", "close")
+        self.close_connection = True
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     def log(self, type: str, message: str, *args: Any) -> None:
         line = _ANSI.sub("", message % args)  # werkzeug colours status lines for terminals

@@ -655,9 +655,11 @@ def test_openapi__components_come_from_the_schemas(client: FlaskClient) -> None:
     assert components["StatusChange"]["properties"]["status"]["enum"] == ["CONNECTED", "DISCONNECTED"]
     limit = next(p for p in document["paths"]["/connections"]["get"]["parameters"] if p["name"] == "limit")
     assert (limit["in"], limit["schema"]["type"], limit["schema"]["maximum"]) == ("query", "integer", 1000)
+    # The app under test has no admin token and runs on loopback: nothing asks for credentials.
     patch = document["paths"]["/connections/{connectionId}"]["patch"]
-    assert patch["security"] == [{"iamSigV4": []}, {"adminToken": []}]
-    assert {"iamSigV4", "adminToken"} == set(document["components"]["securitySchemes"])
+    assert patch["security"] == []
+    assert "401" not in patch["responses"]
+    assert document["components"]["securitySchemes"] == {}
 
 
 def test_openapi__servers_follow_the_api_gateway_stage(app: Flask) -> None:

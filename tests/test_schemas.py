@@ -6,6 +6,8 @@ the contract's 400 list is pinned here once, independent of DynamoDB.
 from __future__ import annotations
 
 import math
+import re
+import sys
 
 import msgspec
 import pytest
@@ -60,7 +62,8 @@ def test_parse__not_an_object(data):
     [
         (s.GetAllConnections, {"limit": "10"}),
         (s.GetAllConnections, {"limit": True}),
-        (s.GetAllConnections, {"limit": 10.0}),
+        (s.GetAllConnections, {"limit": 10.5}),
+        (s.CleanupStaleConnections, {"staleAfterSeconds": float("inf")}),
         (s.CleanupStaleConnections, {"dryRun": "false"}),
         (s.CleanupStaleConnections, {"dryRun": 1}),
         (s.GetConnection, {"connectionId": 5}),
@@ -69,6 +72,22 @@ def test_parse__not_an_object(data):
 def test_parse__strict_json_does_not_coerce(schema, data):
     with pytest.raises(ValidationError):
         s.parse(schema, data)
+
+
+@pytest.mark.parametrize(
+    "schema, data, field, expected",
+    [
+        (s.GetAllConnections, {"limit": 10.0}, "limit", 10),
+        (s.CleanupStaleConnections, {"staleAfterSeconds": 2834.0}, "staleAfterSeconds", 2834),
+        (s.CleanupStaleConnections, {"staleAfterSeconds": 6e1}, "staleAfterSeconds", 60),
+    ],
+)
+def test_parse__a_whole_float_is_the_integer_as_in_json_schema(schema, data, field, expected):
+    # Given a whole number written as a float, which JSON Schema's `integer` (the document's type) accepts
+    # When it is parsed strictly, as a JSON body or event is
+    value = getattr(s.parse(schema, data), field)
+    # Then it is that integer, typed int for the service
+    assert value == expected and type(value) is int
 
 
 @pytest.mark.parametrize(
@@ -117,10 +136,28 @@ def test_key__longer_than_2048_utf8_bytes_is_rejected(value):
     assert "connectionId" in raised.value.message
 
 
-@pytest.mark.parametrize("value", ["", " ", "\t\n"])
+@pytest.mark.parametrize("value", ["", " ", "\t\n", "\x1c", "\x85\u3000", "\u2028 \u202f"])
 def test_key__empty_or_blank_is_rejected(value):
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError) as raised:
         s.parse(s.DisconnectUser, {"userId": value})
+    assert "userId" in raised.value.message
+
+
+def test_key__blank_means_exactly_the_documented_class_which_is_what_str_isspace_means():
+    # Given every code point, and the class the OpenAPI document's `pattern` spells out
+    pattern = re.compile(s.NOT_BLANK)
+    # Then a character is "blank" for the schema exactly when Python calls it whitespace
+    # (JSON Schema's \s would differ: it holds U+FEFF but not U+001C-U+001F or U+0085)
+    assert all(bool(pattern.search(chr(c))) != chr(c).isspace() for c in range(sys.maxunicode + 1))
+    # And the server accepts an id holding a non-whitespace character anywhere, as the pattern (a search) does
+    for value in ["\ufeff", " x ", "\x1c\x01", "\u200b"]:
+        assert s.parse(s.DisconnectUser, {"userId": value}).userId == value
+
+
+def test_key__the_document_carries_the_same_pattern():
+    schema = msgspec.json.schema(s.DisconnectUser)["$defs"]["DisconnectUser"]["properties"]["userId"]
+    assert schema["pattern"] == s.NOT_BLANK
+    assert schema["maxLength"] == s.MAX_KEY_BYTES
 
 
 @pytest.mark.parametrize("status", ["CONNECTED", "DISCONNECTED"])
