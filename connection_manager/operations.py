@@ -154,6 +154,10 @@ def _reindex(svc: ConnectionService, p: s.NoParams, _: Invocation) -> Result:
     return 200, {"reindexed": outcome.applied, "skipped": outcome.skipped, "failed": outcome.failed}
 
 
+def _migrate(svc: ConnectionService, p: s.NoParams, _: Invocation) -> Result:
+    return 200, svc.migrate()
+
+
 def _seed(svc: ConnectionService, p: s.SeedDemo, inv: Invocation) -> Result:
     from connection_manager.seed import SeedPlan, seed  # demo data only; never on a Lambda's path
 
@@ -184,6 +188,9 @@ INTERNAL_OPERATIONS: dict[str, Operation] = {
         ),
         Operation("create_table", s.NoParams, _create_table, True, "Create the table and its indexes; enable TTL."),
         Operation("reindex", s.NoParams, _reindex, True, "Put CONNECTED rows written by other tools into the index."),
+        Operation(
+            "migrate", s.NoParams, _migrate, True, "Add the indexes an existing table lacks, then reindex its rows."
+        ),
         Operation("seed", s.SeedDemo, _seed, True, "Write demo connections."),
     )
 }
@@ -240,7 +247,7 @@ def _audit_details(name: str, body: Body) -> dict[str, Any]:
         return {"disconnectedCount": body.get("disconnectedCount")}
     if name in ("disconnect", "create_table"):
         return {key: body.get(key) for key in ("changed", "created") if key in body}
-    if name in ("reindex", "seed"):
+    if name in ("reindex", "seed", "migrate"):
         return body
     if name == "register_connection" and "evictedConnectionIds" in body:
         return {"evictedConnectionIds": body["evictedConnectionIds"]}

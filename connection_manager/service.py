@@ -225,6 +225,22 @@ class ConnectionService:
             "AttributeName"
         ) == self.model._ttl_attribute().attr_name
 
+    def migrate(self, sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+        """Bring a table created by an earlier version to this layout: add the indexes it
+        lacks (UpdateTable), then :meth:`reindex` its CONNECTED rows into them."""
+        from connection_manager.migration import add_missing_indexes
+
+        report = add_missing_indexes(self.model, sleep=sleep)
+        outcome = self.reindex()
+        return {
+            "createdIndexes": report.created,
+            "presentIndexes": report.present,
+            "differingIndexes": report.differs,
+            "reindexed": outcome.applied,
+            "skipped": outcome.skipped,
+            "failed": outcome.failed,
+        }
+
     def health(self) -> dict[str, Any]:
         with dynamo_errors("health check"):
             self.model.describe_table()
