@@ -161,7 +161,10 @@ def _migrate(svc: ConnectionService, p: s.NoParams, _: Invocation) -> Result:
 def _seed(svc: ConnectionService, p: s.SeedDemo, inv: Invocation) -> Result:
     from connection_manager.seed import SeedPlan, seed  # demo data only; never on a Lambda's path
 
-    plan = SeedPlan(p.live, p.stale, p.history, p.users, svc.settings.stale_after_seconds, p.prefix)
+    plan = SeedPlan(
+        p.live, p.stale, p.history, p.users, svc.settings.stale_after_seconds, p.prefix,
+        lifetime_seconds=svc.settings.max_connection_lifetime_seconds,
+    )
     written = seed(plan, svc.clock(), progress=inv.progress, model=svc.model)
     return 201, {"seeded": written, "live": plan.live, "stale": plan.stale, "history": plan.history}
 
