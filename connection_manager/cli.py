@@ -104,6 +104,15 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     return 0 if not body["failed"] else 1
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    body = _run("migrate", {})
+    _print(body)
+    for name in body["differingIndexes"]:
+        print(f"warning: {name} exists with other keys or projection; see the README, 'Moving an existing table'",
+              file=sys.stderr)
+    return 0 if not body["failed"] else 1
+
+
 def cmd_package(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -141,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "reindex", help="one-time migration: put CONNECTED rows written by other tools into the active index"
     ).set_defaults(func=cmd_reindex)
+
+    commands.add_parser(
+        "migrate", help="add the indexes an existing table lacks (UpdateTable), wait for them, then reindex"
+    ).set_defaults(func=cmd_migrate)
 
     seed = commands.add_parser("seed", help="write demo connections (with a progress bar)")
     seed.add_argument("count", type=int, help="live (CONNECTED, recently active) connections")

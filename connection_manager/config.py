@@ -49,6 +49,12 @@ class Settings:
     activity_memory_size: int = 100_000
     #: The scale the live index is sized for (README, "Capacity model").
     capacity_connections: int = 1_000_000
+    #: A CONNECTED row created longer ago than this is DISCONNECTED by the sweep (reason
+    #: ``lifetime``), whatever its activity: API Gateway closes every connection after 2 h.
+    max_connection_lifetime_seconds: int = 7200
+    #: At most this many CONNECTED rows per user; a registration beyond it evicts the
+    #: user's oldest (reason ``evicted``). 0: no cap.
+    max_connections_per_user: int = 0
     token_secret: str | None = field(default=None, repr=False)
     admin_token: str | None = field(default=None, repr=False)
     in_lambda: bool = False
@@ -102,6 +108,8 @@ class Settings:
         interval = integer("ACTIVITY_WRITE_INTERVAL_SECONDS", min(300, stale // 2), 0, 300)
         memory = integer("ACTIVITY_MEMORY_SIZE", 100_000, 0, 10_000_000)
         capacity = integer("CAPACITY_CONNECTIONS", 1_000_000, 1, 1_000_000_000)
+        lifetime = integer("MAX_CONNECTION_LIFETIME_SECONDS", 7200, 1, 10 * 365 * 24 * 3600)
+        per_user = integer("MAX_CONNECTIONS_PER_USER", 0, 0, 100_000)
         if interval and interval >= stale:
             problems.append(
                 f"ACTIVITY_WRITE_INTERVAL_SECONDS ({interval}) must be shorter than STALE_AFTER_SECONDS ({stale}), "
@@ -138,6 +146,8 @@ class Settings:
             activity_write_interval_seconds=interval,
             activity_memory_size=memory,
             capacity_connections=capacity,
+            max_connection_lifetime_seconds=lifetime,
+            max_connections_per_user=per_user,
             token_secret=token_secret or None,
             admin_token=env.get("ADMIN_TOKEN") or None,
             in_lambda=in_lambda,

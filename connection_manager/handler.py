@@ -19,7 +19,7 @@ from typing import Any
 import models.connection  # noqa: F401  # isort: skip
 
 from connection_manager.config import Settings
-from connection_manager.errors import ConnectionManagerError, InternalError, ValidationError
+from connection_manager.errors import ConflictError, ConnectionManagerError, InternalError, ValidationError
 from connection_manager.event_sources import belongs_to_zappa, foreign_source
 from connection_manager.observability import (
     metrics_enabled,
@@ -32,7 +32,7 @@ from connection_manager.observability import (
 )
 from connection_manager.operations import Invocation, run_action, run_internal
 from connection_manager.schemas import truncate_for_json
-from connection_manager.service import NOT_CONNECTED, ConnectionService
+from connection_manager.service import CONNECTED, NOT_CONNECTED, ConnectionService
 from connection_manager.wiring import get_service
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,13 @@ def _websocket(event: dict[str, Any]) -> dict[str, Any]:
             metadata = _websocket_metadata(request)
             if metadata:
                 payload["metadata"] = metadata
-            run_action(service, "register_connection", payload, invocation=Invocation(principal="apigateway:$connect"))
+            _, body = run_action(
+                service, "register_connection", payload, invocation=Invocation(principal="apigateway:$connect")
+            )
+            if body["connection"]["status"] != CONNECTED:
+                # The per-user cap found this connection among the user's oldest (a same-second
+                # tie, or a skewed clock): refusing the handshake closes it, as eviction would.
+                raise ConflictError(f"Connection '{connection_id}' was evicted: its user has newer connections")
         elif route == "$disconnect":
             run_internal(
                 service, "disconnect", {"connectionId": connection_id}, invocation=Invocation(principal="apigateway:$disconnect")

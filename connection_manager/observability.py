@@ -206,11 +206,17 @@ def record_sweep(result: Any) -> None:
     emit_metrics(
         {
             "StaleConnectionsCleaned": (result.cleaned, "Count"),
+            "LifetimeConnectionsCleaned": (result.lifetime, "Count"),
             "SweepWritesFailed": (result.failed, "Count"),
             "SweepDuration": (result.duration_ms, "Milliseconds"),
             "SweepIncomplete": (0 if result.complete else 1, "Count"),
         }
     )
+
+
+def record_evictions(count: int) -> None:
+    """Connections the per-user cap DISCONNECTED on a registration."""
+    emit_metrics({"ConnectionsEvicted": (count, "Count")})
 
 
 def record_active_connections(count: int) -> None:

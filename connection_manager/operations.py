@@ -5,15 +5,18 @@ action validates, answers and audits the same way whichever door it came in by.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable
 
 import msgspec
 
 from connection_manager import schemas as s
 from connection_manager.errors import ConnectionManagerError, ValidationError
-from connection_manager.observability import audit, record_sweep
-from connection_manager.service import ConnectionService, TimeLeft
+from connection_manager.observability import audit, record_evictions, record_sweep
+from connection_manager.service import ConnectionService, Evicted, TimeLeft
 from models.connection import DisconnectReason
+
+log = logging.getLogger(__name__)
 
 Body = dict[str, Any]
 Result = tuple[int, Body]
@@ -48,8 +51,24 @@ class Operation(msgspec.Struct, frozen=True):
 
 
 def _register(svc: ConnectionService, p: s.RegisterConnection, _: Invocation) -> Result:
-    record, created = svc.register_connection(p.connectionId, p.userId, p.metadata)
-    return (201 if created else 200), {"connection": record}
+    registration = svc.connect(p.connectionId, p.userId, p.metadata)
+    body: Body = {"connection": registration.record}
+    if registration.evicted:
+        record_evictions(len(registration.evicted))
+        close_evicted(registration.evicted)
+        # Ids only: the stored endpoints are internal.
+        body["evictedConnectionIds"] = [item.connection_id for item in registration.evicted]
+    return (201 if registration.created else 200), body
+
+
+def close_evicted(evicted: tuple[Evicted, ...]) -> None:
+    """Close the sockets of connections the per-user cap evicted: the seam to the gateway.
+
+    Their rows are DISCONNECTED (reason ``evicted``) already; the socket stays open at API
+    Gateway until a DeleteConnection closes it, which the gateway client does from here.
+    Without one, the ids are logged, and the client's next message finds its row gone.
+    """
+    log.info("evicted by the per-user cap: %s", ", ".join(item.connection_id for item in evicted))
 
 
 def _cleanup(svc: ConnectionService, p: s.CleanupStaleConnections, inv: Invocation) -> Result:
@@ -135,10 +154,17 @@ def _reindex(svc: ConnectionService, p: s.NoParams, _: Invocation) -> Result:
     return 200, {"reindexed": outcome.applied, "skipped": outcome.skipped, "failed": outcome.failed}
 
 
+def _migrate(svc: ConnectionService, p: s.NoParams, _: Invocation) -> Result:
+    return 200, svc.migrate()
+
+
 def _seed(svc: ConnectionService, p: s.SeedDemo, inv: Invocation) -> Result:
     from connection_manager.seed import SeedPlan, seed  # demo data only; never on a Lambda's path
 
-    plan = SeedPlan(p.live, p.stale, p.history, p.users, svc.settings.stale_after_seconds, p.prefix)
+    plan = SeedPlan(
+        p.live, p.stale, p.history, p.users, svc.settings.stale_after_seconds, p.prefix,
+        lifetime_seconds=svc.settings.max_connection_lifetime_seconds,
+    )
     written = seed(plan, svc.clock(), progress=inv.progress, model=svc.model)
     return 201, {"seeded": written, "live": plan.live, "stale": plan.stale, "history": plan.history}
 
@@ -165,6 +191,9 @@ INTERNAL_OPERATIONS: dict[str, Operation] = {
         ),
         Operation("create_table", s.NoParams, _create_table, True, "Create the table and its indexes; enable TTL."),
         Operation("reindex", s.NoParams, _reindex, True, "Put CONNECTED rows written by other tools into the index."),
+        Operation(
+            "migrate", s.NoParams, _migrate, True, "Add the indexes an existing table lacks, then reindex its rows."
+        ),
         Operation("seed", s.SeedDemo, _seed, True, "Write demo connections."),
     )
 }
@@ -216,13 +245,15 @@ def _run(
 
 def _audit_details(name: str, body: Body) -> dict[str, Any]:
     if name == "cleanup_stale_connections":
-        return {"cleanedCount": body.get("cleanedCount"), "dryRun": body.get("dryRun")}
+        return {key: body.get(key) for key in ("cleanedCount", "lifetimeCount", "dryRun")}
     if name == "disconnect_user":
         return {"disconnectedCount": body.get("disconnectedCount")}
     if name in ("disconnect", "create_table"):
         return {key: body.get(key) for key in ("changed", "created") if key in body}
-    if name in ("reindex", "seed"):
+    if name in ("reindex", "seed", "migrate"):
         return body
+    if name == "register_connection" and "evictedConnectionIds" in body:
+        return {"evictedConnectionIds": body["evictedConnectionIds"]}
     if name == "update_connection_status":
         return {"status": body.get("connection", {}).get("status")}
     return {}

@@ -252,7 +252,7 @@ class ConnectionRecord(Struct, omit_defaults=True):
     lastActiveAt: Timestamp | None = None
     updatedAt: Timestamp | None = None
     disconnectedAt: Timestamp | None = None
-    disconnectReason: Literal["client", "stale", "admin"] | None = None
+    disconnectReason: Literal["client", "stale", "admin", "lifetime", "evicted"] | None = None
     metadata: dict[str, Any] | None = None
 
 

@@ -26,6 +26,8 @@ class SeedPlan:
     stale_after_seconds: int = 3600
     prefix: str = "demo"
     seed: int = 7
+    #: Live rows are created within it, so the next sweep does not end them (reason ``lifetime``).
+    lifetime_seconds: int = 7200
 
     @property
     def total(self) -> int:
@@ -48,7 +50,10 @@ def seed(
             connection_id = f"{plan.prefix}-{kind}-{index:07d}"
             user_id = f"user-{rng.randrange(users):05d}"
             if kind == "live":
-                created = now - timedelta(seconds=rng.randrange(60, 6 * 3600))
+                age = rng.randrange(60, 6 * 3600)
+                if age >= plan.lifetime_seconds:  # folded into the lifetime, drawing no more numbers
+                    age = age % max(1, plan.lifetime_seconds - 60) + min(60, plan.lifetime_seconds - 1)
+                created = now - timedelta(seconds=age)
                 last_active = now - timedelta(seconds=rng.randrange(0, max(1, plan.stale_after_seconds // 2)))
             else:
                 last_active = now - timedelta(seconds=plan.stale_after_seconds + rng.randrange(60, 48 * 3600))

@@ -22,14 +22,21 @@ from connection_manager.bulk import APPLIED, REPAIRED, SKIPPED, BoundedWriter, B
 from connection_manager.clock import Clock, utc_now
 from connection_manager.config import Settings
 from connection_manager.dynamo import dynamo_errors, error_code, is_condition_failure, update_or_current
-from connection_manager.errors import ConflictError, NotFoundError, UnavailableError, ValidationError
-from connection_manager.records import to_record
+from connection_manager.errors import (
+    ConflictError,
+    ConnectionManagerError,
+    NotFoundError,
+    UnavailableError,
+    ValidationError,
+)
+from connection_manager.records import UNKNOWN_TIME, to_record
 from connection_manager.schemas import ConnectionList, Stats
 from models.connection import (
     ConnectionModel,
     ConnectionStatus,
     DisconnectReason,
     activity_bucket,
+    epoch_seconds,
     format_timestamp,
     live_shards,
     model_for,
@@ -80,9 +87,13 @@ class SweepResult(msgspec.Struct, frozen=True):
 
     A msgspec Struct rather than a dataclass: a dataclass costs about a millisecond to
     create at import, which every Lambda cold start would pay.
+
+    ``cleaned`` counts rows marked ``stale``, ``lifetime`` rows marked ``lifetime``; the
+    other counts cover both passes.
     """
 
     cleaned: int
+    lifetime: int
     scanned: int
     skipped: int
     failed: int
@@ -92,6 +103,8 @@ class SweepResult(msgspec.Struct, frozen=True):
     dry_run: bool
     stale_after_seconds: int
     cutoff: datetime
+    #: Rows created before this are past ``MAX_CONNECTION_LIFETIME_SECONDS``.
+    lifetime_cutoff: datetime
     duration_ms: int
     max_in_flight: int
 
@@ -99,6 +112,7 @@ class SweepResult(msgspec.Struct, frozen=True):
         return {
             "message": "Stale connections cleaned up" if not self.dry_run else "Dry run: nothing was changed",
             "cleanedCount": self.cleaned,
+            "lifetimeCount": self.lifetime,
             "dryRun": self.dry_run,
             "complete": self.complete,
             "scannedCount": self.scanned,
@@ -107,8 +121,27 @@ class SweepResult(msgspec.Struct, frozen=True):
             "repairedCount": self.repaired,
             "staleAfterSeconds": self.stale_after_seconds,
             "cutoff": format_timestamp(self.cutoff),
+            "lifetimeCutoff": format_timestamp(self.lifetime_cutoff),
             "durationMs": self.duration_ms,
         }
+
+
+class Evicted(msgspec.Struct, frozen=True):
+    """A connection the per-user cap has just DISCONNECTED: what closing its socket needs."""
+
+    connection_id: str
+    #: The management endpoint stored at ``$connect``; None for rows without one.
+    endpoint: str | None = None
+
+
+class Registration(msgspec.Struct, frozen=True):
+    """What a ``$connect`` (or ``register_connection``) did: the row, and whom the cap evicted."""
+
+    record: dict[str, Any]
+    created: bool
+    #: Connections of the user DISCONNECTED (reason ``evicted``) by this registration; their
+    #: sockets are still open at the gateway until the caller closes them.
+    evicted: tuple[Evicted, ...] = ()
 
 
 def new_connection_row(
@@ -129,6 +162,7 @@ def new_connection_row(
         metadata=metadata,
         active_shard=shard_for(connection_id, model),
         active_bucket=activity_bucket(now),
+        live_since=epoch_seconds(now),
     )
 
 
@@ -190,6 +224,22 @@ class ConnectionService:
         return description.get("TimeToLiveStatus") in ("ENABLED", "ENABLING") and description.get(
             "AttributeName"
         ) == self.model._ttl_attribute().attr_name
+
+    def migrate(self, sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+        """Bring a table created by an earlier version to this layout: add the indexes it
+        lacks (UpdateTable), then :meth:`reindex` its CONNECTED rows into them."""
+        from connection_manager.migration import add_missing_indexes
+
+        report = add_missing_indexes(self.model, sleep=sleep)
+        outcome = self.reindex()
+        return {
+            "createdIndexes": report.created,
+            "presentIndexes": report.present,
+            "differingIndexes": report.differs,
+            "reindexed": outcome.applied,
+            "skipped": outcome.skipped,
+            "failed": outcome.failed,
+        }
 
     def health(self) -> dict[str, Any]:
         with dynamo_errors("health check"):
@@ -380,6 +430,69 @@ class ConnectionService:
             + (" for another user" if existing.user_id != user_id else f" and is {existing.status}")
         )
 
+    def connect(self, connection_id: str, user_id: str, metadata: dict[str, Any] | None = None) -> Registration:
+        """Register a connection, then hold its user to ``MAX_CONNECTIONS_PER_USER``.
+
+        The registration is :meth:`register_connection`; the cap runs after it, a retry
+        included (the first attempt may have stopped before its cap ran). The rows evicted
+        are returned so that the caller can close their sockets at the gateway.
+        """
+        record, created = self.register_connection(connection_id, user_id, metadata)
+        cap = self.settings.max_connections_per_user
+        if not cap:
+            return Registration(record, created)
+        evicted = self._hold_user_to_cap(user_id, cap, connection_id, parse_timestamp(record["createdAt"]))
+        for row in evicted:
+            if row.connection_id == connection_id:
+                record = to_record(row)  # it was the oldest after all: say so
+        return Registration(record, created, tuple(Evicted(row.connection_id, _stored_endpoint(row)) for row in evicted))
+
+    def _hold_user_to_cap(
+        self, user_id: str, cap: int, registered_id: str, registered_at: datetime
+    ) -> list[ConnectionModel]:
+        """DISCONNECT the user's CONNECTED rows beyond the ``cap`` newest (reason ``evicted``).
+
+        Every caller orders rows the same way, by ``(createdAt, connectionId)``, so two
+        registrations racing for one user never disagree on which rows are the newest:
+        a row is evicted only when ``cap`` rows newer than it were seen CONNECTED, which
+        the ``cap`` newest of the user can never be. ``UserIdIndex`` projects ``createdAt``,
+        so this is one Query and no read of the table. The index is eventually consistent:
+        the row just written is added to what it answers, and rows it does not show yet are
+        left to the next registration of the user (README, "Per-user cap").
+
+        Never fails the registration: a read or write failing after retries is logged, and
+        the next registration of the user evicts what this one could not.
+        """
+        try:
+            with dynamo_errors("per-user cap"):
+                seen = {
+                    row.connection_id: row.created_at
+                    for row in self.model.user_index.query(
+                        user_id,
+                        range_key_condition=ConnectionModel.status == CONNECTED,
+                        attributes_to_get=["connectionId", "createdAt"],
+                    )
+                }
+        except ConnectionManagerError as exc:
+            log.warning("per-user cap of %s not applied: %s", user_id, exc.message)
+            return []
+        seen[registered_id] = registered_at
+        if len(seen) <= cap:
+            return []
+        # A row without a readable createdAt counts as the oldest, as its record says (UNKNOWN_TIME).
+        oldest_first = sorted(seen, key=lambda cid: (seen[cid] or UNKNOWN_TIME, cid))
+        victims = oldest_first[: len(oldest_first) - cap]
+
+        def evict(connection_id: str) -> ConnectionModel | None:
+            try:
+                return self._disconnect_if_connected(connection_id, DisconnectReason.EVICTED)
+            except ConnectionManagerError as exc:
+                log.warning("could not evict %s of user %s: %s", connection_id, user_id, exc.message)
+                return None
+
+        # None: already DISCONNECTED (by its client, another registration) or failed.
+        return [row for row in self._fan_out(victims, evict) if row is not None]
+
     def heartbeat(self, connection_id: str) -> dict[str, Any]:
         """Refresh ``lastActiveAt`` of a CONNECTED row; a DISCONNECTED one stays as it is (409).
 
@@ -493,16 +606,22 @@ class ConnectionService:
         dry_run: bool = False,
         time_left_ms: TimeLeft = None,
     ) -> SweepResult:
-        """Mark CONNECTED rows idle since before the cutoff as DISCONNECTED (reason ``stale``).
+        """Mark CONNECTED rows past their lifetime (reason ``lifetime``), then idle ones (``stale``).
 
-        Reads only the stale rows (a range query per shard of the sparse index), writes them
-        concurrently, and stops taking new rows once ``time_left_ms()`` falls under the
-        configured margin, reporting ``complete=False`` so the next run finishes the job.
-        Each write re-checks the cutoff, so a heartbeat that lands mid-sweep wins.
+        Each pass reads only the rows it writes (range queries per shard of a sparse index),
+        writes them concurrently, and stops taking new rows once ``time_left_ms()`` falls
+        under the configured margin, reporting ``complete=False`` so the next run finishes
+        the job. Lifetime goes first: those connections are closed whatever their activity,
+        and API Gateway has closed them already, so the stale pass need not look at them.
+        Each write re-checks its condition, so a heartbeat that lands mid-sweep wins over
+        ``stale`` (never over ``lifetime``, which activity does not change).
         """
         started = time.monotonic()
+        now = self.clock()
         stale_after = stale_after_seconds or self.settings.stale_after_seconds
-        cutoff = self.clock() - timedelta(seconds=stale_after)
+        cutoff = now - timedelta(seconds=stale_after)
+        lifetime_cutoff = now - timedelta(seconds=self.settings.max_connection_lifetime_seconds)
+        born_before = epoch_seconds(lifetime_cutoff)
         margin = self.settings.sweep_time_margin_ms
 
         def out_of_time() -> bool:
@@ -510,23 +629,12 @@ class ConnectionService:
 
         read_failure: PynamoDBException | None = None
 
-        def candidates() -> Iterator[ConnectionModel]:
-            nonlocal read_failure
-            # Every bucket up to the cutoff's own: the older ones hold only stale rows, the
-            # cutoff's bucket some that are not stale yet, dropped by the filter before
-            # any write (read, never written: at most one bucket's worth per run).
+        def guarded(read: Callable[[list[BaseException]], Iterable[ConnectionModel]]) -> Iterator[ConnectionModel]:
             # A shard whose Query still fails after retries is left for the next run;
             # the others carry on, and the writes already made are counted.
+            nonlocal read_failure
             failures: list[BaseException] = []
-            rows = iter(
-                self._active_rows(
-                    attributes=["connectionId", "activeShard", "activeBucket", "lastActiveAt", "status"],
-                    range_key_condition=ConnectionModel.active_bucket <= activity_bucket(cutoff),
-                    filter_condition=ConnectionModel.last_active_at < cutoff,
-                    page_size=SWEEP_PAGE_SIZE,
-                    errors=failures,
-                )
-            )
+            rows = iter(read(failures))
             while True:
                 try:
                     yield next(rows)
@@ -535,57 +643,108 @@ class ConnectionService:
                         failure = failures[0]
                         if not isinstance(failure, PynamoDBException):
                             raise failure
-                        read_failure = failure
+                        read_failure = read_failure or failure
                     return
 
-        scanned = stale = 0
+        def expired() -> Iterator[ConnectionModel]:
+            # Keys only: the conditional write checks the status (index leftovers of other
+            # tools fail it and are repaired).
+            return guarded(
+                lambda failures: self._index_rows(
+                    self.model.lifetime_index,
+                    attributes=["connectionId", "activeShard", "liveSince"],
+                    range_key_condition=ConnectionModel.live_since < born_before,
+                    page_size=SWEEP_PAGE_SIZE,
+                    errors=failures,
+                )
+            )
+
+        def stale() -> Iterator[ConnectionModel]:
+            # Every bucket up to the cutoff's own: the older ones hold only stale rows, the
+            # cutoff's bucket some that are not stale yet, dropped by the filter before
+            # any write (read, never written: at most one bucket's worth per run).
+            for row in guarded(
+                lambda failures: self._index_rows(
+                    self.model.live_index,
+                    attributes=["connectionId", "activeShard", "activeBucket", "lastActiveAt", "status", "liveSince"],
+                    range_key_condition=ConnectionModel.active_bucket <= activity_bucket(cutoff),
+                    filter_condition=ConnectionModel.last_active_at < cutoff,
+                    page_size=SWEEP_PAGE_SIZE,
+                    errors=failures,
+                )
+            ):
+                # Past its lifetime: the lifetime pass's row (a dry run counts it there).
+                if row.live_since is None or row.live_since >= born_before:
+                    yield row
+
         with dynamo_errors("cleanup_stale_connections"):
             if dry_run:
-                stopped = False
-                for row in candidates():
+                lifetime_outcome = stale_outcome = None
+                stopped, lifetime_count, scanned, stale_count = False, 0, 0, 0
+                for row in expired():
                     if out_of_time():
                         stopped = True
                         break
+                    lifetime_count += 1
                     scanned += 1
-                    # DISCONNECTED rows left in the index by other tools are not stale connections.
-                    stale += row.status == CONNECTED
-                outcome = None
+                if not stopped:
+                    for row in stale():
+                        if out_of_time():
+                            stopped = True
+                            break
+                        scanned += 1
+                        # DISCONNECTED rows left in the index by other tools are not stale connections.
+                        stale_count += row.status == CONNECTED
             else:
                 # The deadline is checked by the writer once a write slot is free, right
                 # before the write would start (waiting for the slot takes time too).
-                outcome = self._write_all(
-                    (row.connection_id for row in candidates()),
-                    lambda cid: self._sweep_one(cid, cutoff),
+                lifetime_outcome = self._write_all(
+                    (row.connection_id for row in expired()),
+                    lambda cid: self._expire_one(cid, born_before),
                     stop=out_of_time,
                 )
-                scanned = outcome.applied + outcome.skipped + outcome.failed + outcome.repaired
-                stopped = outcome.stopped
+                stale_outcome = BulkOutcome(stopped=True)
+                if not lifetime_outcome.stopped:
+                    stale_outcome = self._write_all(
+                        (row.connection_id for row in stale()),
+                        lambda cid: self._sweep_one(cid, cutoff),
+                        stop=out_of_time,
+                    )
+                stopped = stale_outcome.stopped
+                lifetime_count, stale_count = lifetime_outcome.applied, stale_outcome.applied
+                scanned = sum(
+                    outcome.applied + outcome.skipped + outcome.failed + outcome.repaired
+                    for outcome in (lifetime_outcome, stale_outcome)
+                )
             if read_failure is not None and scanned == 0:
                 raise read_failure  # nothing done: a plain 503 says it best
         complete = not stopped and read_failure is None
         if read_failure is not None:
             log.warning(
-                "sweep stopped early: reading stale rows failed after retries (%s); the next run resumes",
+                "sweep stopped early: reading rows to sweep failed after retries (%s); the next run resumes",
                 error_code(read_failure) or "DynamoDB unreachable",
             )
-        duration_ms = int((time.monotonic() - started) * 1000)
-        failed = 0 if outcome is None else outcome.failed
+        outcomes = [outcome for outcome in (lifetime_outcome, stale_outcome) if outcome is not None]
+        failed = sum(outcome.failed for outcome in outcomes)
         result = SweepResult(
-            cleaned=stale if outcome is None else outcome.applied,
+            cleaned=stale_count,
+            lifetime=lifetime_count,
             scanned=scanned,
-            skipped=0 if outcome is None else outcome.skipped,
+            skipped=sum(outcome.skipped for outcome in outcomes),
             failed=failed,
-            repaired=0 if outcome is None else outcome.repaired,
-            # Rows whose write failed are still stale: more remains for the next run.
+            repaired=sum(outcome.repaired for outcome in outcomes),
+            # Rows whose write failed are still there to sweep: more remains for the next run.
             complete=complete and failed == 0,
             dry_run=dry_run,
             stale_after_seconds=stale_after,
             cutoff=cutoff,
-            duration_ms=duration_ms,
-            max_in_flight=0 if outcome is None else outcome.max_in_flight,
+            lifetime_cutoff=lifetime_cutoff,
+            duration_ms=int((time.monotonic() - started) * 1000),
+            max_in_flight=max((outcome.max_in_flight for outcome in outcomes), default=0),
         )
-        if outcome is not None and outcome.failures:
-            log.warning("sweep writes failed after retries: %s", "; ".join(outcome.failures))
+        failures = [failure for outcome in outcomes for failure in outcome.failures]
+        if failures:
+            log.warning("sweep writes failed after retries: %s", "; ".join(failures))
         return result
 
     # Internals --------------------------------------------------------------------------
@@ -597,19 +756,24 @@ class ConnectionService:
         except DoesNotExist:
             raise (missing or NotFoundError(f"Connection '{connection_id}' does not exist")) from None
 
-    def _active_rows(
+    def _active_rows(self, attributes: list[str], filter_condition: Any = None) -> Iterable[ConnectionModel]:
+        """Stream the live index, its shards read concurrently; a few pages in memory at a time."""
+        return self._index_rows(self.model.live_index, attributes, filter_condition=filter_condition)
+
+    def _index_rows(
         self,
+        index: Any,
         attributes: list[str],
         range_key_condition: Any = None,
         filter_condition: Any = None,
         page_size: int | None = None,
         errors: list[BaseException] | None = None,
     ) -> Iterable[ConnectionModel]:
-        """Stream the sparse index, its shards read concurrently; a few pages in memory at a time."""
+        """Stream a sparse index partitioned by ``activeShard``, its shards read concurrently."""
         from connection_manager.fanout import merged
 
         def shard_rows(shard: int) -> Iterable[ConnectionModel]:
-            return self.model.live_index.query(
+            return index.query(
                 shard,
                 range_key_condition=range_key_condition,
                 filter_condition=filter_condition,
@@ -668,11 +832,19 @@ class ConnectionService:
 
     def _sweep_one(self, connection_id: str, cutoff: datetime) -> str:
         """Mark one row stale if it still is; take a DISCONNECTED row met in the index out of it."""
-        row = self.model(connection_id)
         condition = (ConnectionModel.status == CONNECTED) & (ConnectionModel.last_active_at < cutoff)
+        return self._sweep_write(connection_id, DisconnectReason.STALE, condition)
+
+    def _expire_one(self, connection_id: str, born_before: int) -> str:
+        """Mark one row ``lifetime`` if it is still CONNECTED and was created before ``born_before``."""
+        condition = (ConnectionModel.status == CONNECTED) & (ConnectionModel.live_since < born_before)
+        return self._sweep_write(connection_id, DisconnectReason.LIFETIME, condition)
+
+    def _sweep_write(self, connection_id: str, reason: DisconnectReason, condition: Any) -> str:
+        row = self.model(connection_id)
         write_id = _new_write_id()
         applied, current = self._update_or_current(
-            row, self._disconnect_actions(DisconnectReason.STALE, write_id), condition, "sweep"
+            row, self._disconnect_actions(reason, write_id), condition, "sweep"
         )
         if applied or (current is not None and current.write_id == write_id):
             return APPLIED
@@ -696,40 +868,46 @@ class ConnectionService:
         ``lastActiveAt``) are invisible to the sweep and to ``get_all_connections``. This is
         the one operation that Scans the table, so it is a CLI command, never routine: it
         sets ``activeShard`` and, where missing, ``lastActiveAt = createdAt`` (a connection
-        with no activity counts as active since it was created), conditional on the row
-        still being CONNECTED.
+        with no activity counts as active since it was created) and ``liveSince`` (the
+        lifetime index's key, from ``createdAt``), conditional on the row still being
+        CONNECTED. ``migrate`` runs it after adding the indexes a table lacks.
         """
         missing = (
             ConnectionModel.active_shard.does_not_exist()
             | ConnectionModel.active_bucket.does_not_exist()
             | ConnectionModel.last_active_at.does_not_exist()
+            | ConnectionModel.live_since.does_not_exist()
         )
         with dynamo_errors("reindex"):
             rows = self.model.scan(
                 filter_condition=(ConnectionModel.status == CONNECTED) & missing,
                 attributes_to_get=["connectionId", "lastActiveAt", "createdAt"],
             )
-            # Reading a row to compute its bucket: other tools' rows may hold any timestamp format.
-            by_id: dict[str, datetime | None] = {}
+            # Reading a row to compute its bucket and age: other tools' rows may hold any
+            # timestamp format, which DynamoDB cannot convert in an update expression.
+            by_id: dict[str, tuple[datetime | None, datetime | None]] = {}
 
             def ids() -> Iterator[str]:
                 for row in rows:
-                    by_id[row.connection_id] = row.last_active_at or row.created_at
+                    by_id[row.connection_id] = (row.last_active_at or row.created_at, row.created_at or row.last_active_at)
                     yield row.connection_id
 
-            return self._write_all(ids(), lambda cid: self._reindex_one(cid, by_id.pop(cid, None)))
+            return self._write_all(ids(), lambda cid: self._reindex_one(cid, *by_id.pop(cid, (None, None))))
 
-    def _reindex_one(self, connection_id: str, last_active: datetime | None) -> str:
+    def _reindex_one(self, connection_id: str, last_active: datetime | None, created: datetime | None = None) -> str:
         row = self.model(connection_id)
+        now = self.clock()
         actions = [
             ConnectionModel.last_active_at.set(ConnectionModel.last_active_at | ConnectionModel.created_at),
             ConnectionModel.active_shard.set(shard_for(connection_id, self.model)),
-            ConnectionModel.active_bucket.set(activity_bucket(last_active or self.clock())),
+            ConnectionModel.active_bucket.set(activity_bucket(last_active or now)),
+            # A row of unknown age gets a whole lifetime from now (the stale sweep still sees it).
+            ConnectionModel.live_since.set(ConnectionModel.live_since | epoch_seconds(created or now)),
         ]
         # A heartbeat or message in between set its own bucket: keep it.
         condition = (ConnectionModel.status == CONNECTED) & (
             ConnectionModel.active_bucket.does_not_exist() | ConnectionModel.active_shard.does_not_exist()
-            | ConnectionModel.last_active_at.does_not_exist()
+            | ConnectionModel.last_active_at.does_not_exist() | ConnectionModel.live_since.does_not_exist()
         )
         return APPLIED if self._conditional_update(row, actions, condition, "reindex") else SKIPPED
 
@@ -755,6 +933,11 @@ class ConnectionService:
 
 def _new_write_id() -> str:
     return uuid.uuid4().hex
+
+
+def _stored_endpoint(row: ConnectionModel) -> str | None:
+    """The management endpoint ``$connect`` stored with the row, if the model has one and the row holds it."""
+    return getattr(row, "endpoint", None)
 
 
 def _live_index_actions(connection_id: str, now: datetime, model: type[ConnectionModel]) -> list[Any]:

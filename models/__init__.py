@@ -3,6 +3,7 @@
 The only layer that knows DynamoDB's shape: attribute names, key schema and indexes.
 """
 from models.connection import (
+    LifetimeIndex,
     LiveIndex,
     ConnectionModel,
     ConnectionStatus,
@@ -10,12 +11,14 @@ from models.connection import (
     UserIdIndex,
     activity_bucket,
     configure,
+    epoch_seconds,
     model_for,
     live_shards,
     shard_for,
 )
 
 __all__ = [
+    "LifetimeIndex",
     "LiveIndex",
     "ConnectionModel",
     "ConnectionStatus",
@@ -23,6 +26,7 @@ __all__ = [
     "UserIdIndex",
     "activity_bucket",
     "configure",
+    "epoch_seconds",
     "model_for",
     "live_shards",
     "shard_for",

@@ -15,6 +15,15 @@ Two global secondary indexes serve the routine reads:
   of the ``ACTIVITY_BUCKET_SECONDS`` window holding ``lastActiveAt``: it moves once per
   bucket, not on every activity write, so most writes update the index item in place
   (1 write unit) instead of deleting and re-putting it (2).
+* ``LifetimeIndex`` (``activeShard``, ``liveSince``): sparse and KEYS_ONLY, for the
+  lifetime sweep (rows older than ``MAX_CONNECTION_LIFETIME_SECONDS``). ``liveSince`` is
+  ``createdAt`` in epoch seconds, written once at registration and never changed; the row
+  is in the index while ``activeShard`` is there, that is while it is CONNECTED. An
+  activity write sets ``activeShard`` to the value it already holds and touches nothing
+  else this index holds, so it costs this index nothing: its writes happen at connect
+  and disconnect only. It is not keyed by ``createdAt`` itself because DynamoDB refuses
+  any write of an item whose index key has another type than the index's: a numeric
+  ``createdAt`` written by another tool would then be rejected.
 """
 from __future__ import annotations
 
@@ -32,7 +41,7 @@ from pynamodb.attributes import (
     UnicodeAttribute,
 )
 from pynamodb.constants import NUMBER, STRING
-from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, IncludeProjection
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, IncludeProjection, KeysOnlyProjection
 from pynamodb.models import Model
 
 #: Width of an activity bucket in seconds (see connection_manager.capacity). Stored values
@@ -51,6 +60,10 @@ class DisconnectReason(StrEnum):
     CLIENT = "client"
     STALE = "stale"
     ADMIN = "admin"
+    #: Older than ``MAX_CONNECTION_LIFETIME_SECONDS``: API Gateway has closed it by now.
+    LIFETIME = "lifetime"
+    #: Among a user's oldest beyond ``MAX_CONNECTIONS_PER_USER``.
+    EVICTED = "evicted"
 
 
 def format_timestamp(value: datetime) -> str:
@@ -142,6 +155,11 @@ class LenientTTLAttribute(TTLAttribute):
         return None if value is None else read_timestamp(value)
 
 
+def epoch_seconds(value: datetime) -> int:
+    """Whole seconds since the epoch: ``liveSince``, and the cutoff compared with it."""
+    return int(value.timestamp())
+
+
 def activity_bucket(value: datetime) -> int:
     """Start (epoch seconds) of the activity bucket holding ``value``: the live index's sort key."""
     seconds = int(value.timestamp())
@@ -169,6 +187,18 @@ class LiveIndex(GlobalSecondaryIndex["ConnectionModel"]):
 
     active_shard = NumberAttribute(hash_key=True, attr_name="activeShard")
     active_bucket = NumberAttribute(range_key=True, attr_name="activeBucket")
+
+
+class LifetimeIndex(GlobalSecondaryIndex["ConnectionModel"]):
+    """Live connections only (sparse), oldest first within each shard; keys only."""
+
+    class Meta:
+        index_name = "LifetimeIndex"
+        # Keys only: no attribute an activity write changes is copied here.
+        projection = KeysOnlyProjection()
+
+    active_shard = NumberAttribute(hash_key=True, attr_name="activeShard")
+    live_since = NumberAttribute(range_key=True, attr_name="liveSince")
 
 
 class ConnectionModel(Model):
@@ -202,9 +232,14 @@ class ConnectionModel(Model):
     #: own id here tells it the first attempt applied. Internal; never in a response.
     write_id = UnicodeAttribute(null=True, attr_name="writeId")
     active_bucket = NumberAttribute(null=True, attr_name="activeBucket")
+    #: ``createdAt`` in epoch seconds, the lifetime index's sort key (see the module docstring).
+    #: Kept after a disconnect: leaving ``activeShard`` out already takes the row out of the
+    #: index, and a row set CONNECTED again comes back with its own age.
+    live_since = NumberAttribute(null=True, attr_name="liveSince")
 
     user_index = UserIdIndex()
     live_index = LiveIndex()
+    lifetime_index = LifetimeIndex()
 
 
 def live_shards(model: type[ConnectionModel] = ConnectionModel) -> int:

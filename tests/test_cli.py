@@ -38,7 +38,7 @@ def test_create_table__creates_once_and_enables_ttl(capsys, monkeypatch, fresh_h
         assert ConnectionModel.exists()
         description = ConnectionModel.describe_table()
         indexes = {index["IndexName"] for index in description["GlobalSecondaryIndexes"]}
-        assert indexes == {"UserIdIndex", "LiveIndex"}
+        assert indexes == {"UserIdIndex", "LiveIndex", "LifetimeIndex"}
 
         code, out, _ = run(capsys, "create-table")
         assert code == 0
@@ -130,7 +130,8 @@ def test_seed__writes_live_stale_and_history_rows(capsys, handler_service, servi
     assert sum(item["status"] == "CONNECTED" for item in items) == 25
     assert all(("activeShard" in item) == (item["status"] == "CONNECTED") for item in items)
     assert service.stats().stale_connections == 5
-    assert service.cleanup_stale_connections(dry_run=True).cleaned == 5
+    swept = service.cleanup_stale_connections(dry_run=True)
+    assert swept.cleaned + swept.lifetime == 5  # idle for hours: some are past their lifetime too
 
 
 def test_reindex__reports_what_it_moved_into_the_index(capsys, handler_service, make_connection):

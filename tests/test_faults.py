@@ -363,8 +363,9 @@ def test_sweep__query_fails_mid_sweep__partial_progress_then_next_run_completes(
 
 def test_sweep__first_query_fails__503_nothing_lost(wired: ConnectionService, dynamo_proxy: DynamoProxy, moto: Any) -> None:
     _stale_rows(moto, 4)
-    # Shards are read concurrently: every shard's Query fails all four attempts.
-    dynamo_proxy.inject("throttle", count=4 * live_shards(), operations={"Query"})
+    # Shards are read concurrently: every shard's Query fails all four attempts, in both
+    # passes (the lifetime index's, then the live index's).
+    dynamo_proxy.inject("throttle", count=2 * 4 * live_shards(), operations={"Query"})
 
     response = invoke("cleanup_stale_connections")
 

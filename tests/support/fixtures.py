@@ -99,9 +99,17 @@ def clock() -> FixedClock:
     return FixedClock(NOW)
 
 
+#: The connection lifetime of the shared fixture: a day, longer than the idle times (hours)
+#: the stale-sweep tests give their rows, so those rows stay ``stale`` rather than
+#: ``lifetime``. Tests of the lifetime itself set theirs (tests/test_lifetime.py).
+FIXTURE_LIFETIME_SECONDS = 24 * 3600
+
+
 @pytest.fixture
 def settings() -> Settings:
-    return Settings(table_name=TABLE, region="us-east-1", sweep_concurrency=4)
+    return Settings(
+        table_name=TABLE, region="us-east-1", sweep_concurrency=4, max_connection_lifetime_seconds=FIXTURE_LIFETIME_SECONDS
+    )
 
 
 @pytest.fixture
