@@ -17,6 +17,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from connection_manager.errors import ValidationError
+from models.platform import RESERVED_PREFIX
 
 #: DynamoDB's limit for a partition key value (and a GSI key value), in UTF-8 bytes.
 MAX_KEY_BYTES = 2048
@@ -43,6 +44,9 @@ Timestamp = Annotated[str, Meta(description="ISO-8601 UTC with a Z suffix.", exa
 
 
 def _check_key(name: str, value: str) -> None:
+    if name == "connectionId" and value.startswith(RESERVED_PREFIX):
+        # The table's own counters and history live under these keys (models.platform).
+        raise ValueError(f"`connectionId` must not start with `{RESERVED_PREFIX}`: those keys are reserved")
     if len(value.encode("utf-8")) > MAX_KEY_BYTES:
         raise ValueError(f"`{name}` is longer than DynamoDB allows ({MAX_KEY_BYTES} bytes)")
     if not value.strip():
@@ -251,14 +255,33 @@ class CleanupResult(Struct, omit_defaults=True):
     staleAfterSeconds: int
     cutoff: Timestamp
     durationMs: int
+    #: Live connections counted by the snapshot taken after a real sweep.
+    activeConnections: int | None = None
 
 
 class DisconnectResult(Struct):
     disconnectedCount: int
 
 
+class IdleBin(Struct, rename="camel"):
+    label: str
+    from_seconds: int
+    count: int
+
+
+class UserCount(Struct, rename="camel"):
+    user_id: str
+    connections: int
+
+
 class Stats(Response, rename="camel"):
-    """Counts for the dashboard, over the live rows only."""
+    """Counts for the dashboard, over the live rows only, at a cost independent of their number.
+
+    ``activeConnections`` is kept by the writes (exact at each snapshot); ``distinctUsers``,
+    ``idle`` and ``topUsers`` are as of the latest snapshot, ``asOf`` (null before the first
+    sweep); ``distinctUsersExact`` is false when ``distinctUsers`` is an estimate (past
+    10,000 users, about 1.6 % error).
+    """
 
     active_connections: int
     distinct_users: int
@@ -266,6 +289,29 @@ class Stats(Response, rename="camel"):
     stale_after_seconds: int
     table: str
     generated_at: Timestamp
+    as_of: Timestamp | None = None
+    distinct_users_exact: bool = True
+    idle: list[IdleBin] = []
+    top_users: list[UserCount] = []
+
+
+class SweepRecord(Struct, rename="camel"):
+    """One sweep's result, kept 30 days."""
+
+    at: Timestamp
+    active_connections: int | None
+    distinct_users: int | None
+    stale_found: int
+    cleaned: int
+    gone: int
+    lifetime: int
+    evicted: int
+    duration_ms: int
+
+
+class StatsHistory(Response, rename="camel"):
+    sweeps: list[SweepRecord]
+    count: int
 
 
 class Health(Struct):

@@ -23,6 +23,7 @@ from connection_manager.clock import Clock, utc_now
 from connection_manager.config import Settings
 from connection_manager.dynamo import dynamo_errors, error_code, is_condition_failure, update_or_current
 from connection_manager.errors import ConflictError, NotFoundError, UnavailableError, ValidationError
+from connection_manager.platform_stats import PlatformStats
 from connection_manager.records import to_record
 from connection_manager.schemas import ConnectionList, Stats
 from models.connection import (
@@ -148,6 +149,8 @@ class ConnectionService:
         self.clock = clock
         self.model = model if model is not None else model_for(settings)
         self.activity = ActivityMemory(settings.activity_memory_size)
+        #: Live counters, snapshot and sweep history, in the same table under reserved keys.
+        self.platform = PlatformStats(self.model, settings.sweep_concurrency)
 
     @cached_property
     def _tokens(self) -> TokenCodec:
@@ -333,23 +336,52 @@ class ConnectionService:
             )
 
     def stats(self) -> Stats:
-        """Counts for the dashboard in one pass over the live rows (never the history)."""
+        """Counts for the dashboard at a cost independent of the number of connections.
+
+        Active connections come from the live counters (exact at every snapshot, then kept
+        by the writes); distinct users, the idle-time distribution and the heaviest users
+        from the latest snapshot (``asOf``). Stale rows are counted on the live index
+        (``Select=COUNT``, only buckets at or before the cutoff's): that reads the stale
+        rows, which each sweep removes, plus the not-yet-stale ones of the cutoff's bucket.
+        """
         now = self.clock()
         cutoff = now - timedelta(seconds=self.settings.stale_after_seconds)
-        active = stale = 0
-        users: set[str] = set()
+        active, snapshot = self.platform.read()
         with dynamo_errors("stats"):
-            for row in self._active_rows(
-                attributes=["connectionId", "userId", "status", "lastActiveAt", "activeShard", "activeBucket"],
-                filter_condition=_LIVE,
-            ):
-                active += 1
-                users.add(row.user_id)
-                if row.last_active_at is not None and row.last_active_at < cutoff:
-                    stale += 1
+            stale = sum(
+                self._fan_out(
+                    list(range(live_shards(self.model))),
+                    lambda shard: self.model.live_index.count(
+                        shard,
+                        range_key_condition=ConnectionModel.active_bucket <= activity_bucket(cutoff),
+                        filter_condition=_LIVE & (ConnectionModel.last_active_at < cutoff),
+                    ),
+                )
+            )
+        snap = snapshot or {}
         return Stats(
-            active, len(users), stale, self.settings.stale_after_seconds, self.settings.table_name, format_timestamp(now)
+            active_connections=active,
+            distinct_users=int(snap.get("distinctUsers", 0)),
+            stale_connections=stale,
+            stale_after_seconds=self.settings.stale_after_seconds,
+            table=self.settings.table_name,
+            generated_at=format_timestamp(now),
+            as_of=snap.get("asOf"),
+            distinct_users_exact=bool(snap.get("distinctUsersExact", True)),
+            idle=snap.get("idle", []),
+            top_users=snap.get("topUsers", []),
         )
+
+    def take_snapshot(self) -> dict[str, Any]:
+        """Count every live row once and repair the counters (after each sweep; see PlatformStats)."""
+        return self.platform.take_snapshot(self.clock())
+
+    def record_sweep(self, sweep: dict[str, Any], snapshot: dict[str, Any] | None) -> dict[str, Any]:
+        return self.platform.record_sweep(self.clock(), sweep, snapshot)
+
+    def stats_history(self, hours: int, limit: int) -> list[dict[str, Any]]:
+        """The sweeps of the last ``hours`` hours, oldest first (at most ``limit``, the newest)."""
+        return self.platform.history(self.clock() - timedelta(hours=hours), limit)
 
     # Writes -----------------------------------------------------------------------------
 
@@ -366,6 +398,7 @@ class ConnectionService:
         try:
             with dynamo_errors("register_connection"):
                 row.save(condition=ConnectionModel.connection_id.does_not_exist())
+            self.platform.count(connection_id, +1)
             # Messages this container receives next need no write until the interval passes.
             self.activity.remember(connection_id, row.last_active_at)
             return to_record(row), True
@@ -458,6 +491,7 @@ class ConnectionService:
         ]
         condition = ConnectionModel.connection_id.exists() & (ConnectionModel.status != CONNECTED)
         if self._conditional_update(row, actions, condition, "update_connection_status"):
+            self.platform.count(connection_id, +1)
             return to_record(row)
         return self.get_connection(connection_id)  # already CONNECTED, or 404
 
@@ -659,9 +693,10 @@ class ConnectionService:
         applied, current = self._update_or_current(
             row, self._disconnect_actions(reason, write_id), condition, "disconnect"
         )
-        if applied:
-            return row
-        return current if current is not None and current.write_id == write_id else None
+        if applied or (current is not None and current.write_id == write_id):
+            self.platform.count(connection_id, -1)
+            return row if applied else current
+        return None
 
     def _disconnect_outcome(self, connection_id: str, reason: DisconnectReason) -> str:
         return APPLIED if self._disconnect_if_connected(connection_id, reason) is not None else SKIPPED
@@ -675,6 +710,7 @@ class ConnectionService:
             row, self._disconnect_actions(DisconnectReason.STALE, write_id), condition, "sweep"
         )
         if applied or (current is not None and current.write_id == write_id):
+            self.platform.count(connection_id, -1)
             return APPLIED
         if current is not None and current.status != CONNECTED and current.active_shard is not None:
             return self._leave_index(connection_id)
@@ -731,7 +767,10 @@ class ConnectionService:
             ConnectionModel.active_bucket.does_not_exist() | ConnectionModel.active_shard.does_not_exist()
             | ConnectionModel.last_active_at.does_not_exist()
         )
-        return APPLIED if self._conditional_update(row, actions, condition, "reindex") else SKIPPED
+        if not self._conditional_update(row, actions, condition, "reindex"):
+            return SKIPPED
+        self.platform.count(connection_id, +1)
+        return APPLIED
 
     def _update_or_current(
         self, row: ConnectionModel, actions: list[Any], condition: Any, operation: str
