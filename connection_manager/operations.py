@@ -13,7 +13,7 @@ import msgspec
 from connection_manager import schemas as s
 from connection_manager.errors import ConnectionManagerError, ValidationError
 from connection_manager.observability import audit, record_sweep
-from connection_manager.service import ConnectionService, TimeLeft
+from connection_manager.service import ConnectionFilter, ConnectionService, TimeLeft
 from models.connection import DisconnectReason
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,12 @@ class Operation(msgspec.Struct, frozen=True):
             if value:
                 return f"{field}={value}"
         return "*"
+
+
+def connection_filter(p: s.GetAllConnections) -> ConnectionFilter | None:
+    """The listing's filters as the service takes them; None when there are none."""
+    where = ConnectionFilter(p.idleMoreThan, p.sourceIp, p.userAgent, p.userId, p.status)
+    return None if where == ConnectionFilter() else where
 
 
 def _register(svc: ConnectionService, p: s.RegisterConnection, _: Invocation) -> Result:
@@ -97,9 +103,9 @@ OPERATIONS: dict[str, Operation] = {
         Operation(
             "get_all_connections",
             s.GetAllConnections,
-            lambda svc, p, _: (200, svc.get_all_connections(p.limit, p.nextToken).to_body()),
+            lambda svc, p, _: (200, svc.get_all_connections(p.limit, p.nextToken, connection_filter(p)).to_body()),
             False,
-            "All CONNECTED connections, paginated.",
+            "All CONNECTED connections, paginated; filters idleMoreThan, sourceIp, userAgent, userId (+ status).",
         ),
         Operation(
             "get_connection",

@@ -133,8 +133,47 @@ class Page(Params):
     nextToken: NextToken | None = None
 
 
+MAX_USER_AGENT_FILTER = 512
+
+
 class GetAllConnections(Page):
-    pass
+    """A page of live connections, optionally filtered (each filter narrows the others).
+
+    ``userId`` reads that user's rows from UserIdIndex, and only it takes ``status``
+    (DISCONNECTED: the user's history).
+    """
+
+    idleMoreThan: Annotated[
+        int, Meta(ge=0, le=MAX_STALE_AFTER_SECONDS, description="Only connections idle for longer than this many seconds.")
+    ] | None = None
+    sourceIp: Annotated[str, Meta(min_length=2, max_length=45, description="Only connections from this IP address.")] | None = None
+    userAgent: Annotated[
+        str, Meta(min_length=1, max_length=MAX_USER_AGENT_FILTER, description="Only user agents containing this text.")
+    ] | None = None
+    userId: KeyString | None = None
+    status: Status | None = None
+
+    def __post_init__(self) -> None:
+        if self.sourceIp is not None:
+            import ipaddress
+
+            try:
+                ipaddress.ip_address(self.sourceIp)
+            except ValueError:
+                raise ValueError(f"`sourceIp` is not an IP address: {self.sourceIp[:64]!r}") from None
+        if self.userAgent is not None and not self.userAgent.strip():
+            raise ValueError("`userAgent` must not be blank")
+        if self.userId is not None:
+            _check_key("userId", self.userId)
+        if self.status is not None and self.userId is None:
+            raise ValueError("`status` filters a user's connections: give `userId` too")
+
+
+class HistoryQuery(Params):
+    """Query string of ``GET /stats/history``."""
+
+    hours: Annotated[int, Meta(ge=1, le=720, description="How far back, in hours (records live 30 days).")] = 48
+    limit: Limit = 500
 
 
 class GetConnection(Params):

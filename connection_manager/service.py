@@ -76,6 +76,46 @@ CURRENT = "current"  # the table said it was recent (a failed condition, 1 write
 NOT_CONNECTED = "not_connected"  # no such row, or not CONNECTED: nothing changed
 
 
+#: Items a filtered page may read (``sourceIp``, ``userAgent``: filter expressions, so
+#: DynamoDB reads rows it does not return). A page that spends it stops short, perhaps
+#: empty, with a ``nextToken``: the cost of a page stays bounded however rare the matches.
+FILTER_READ_BUDGET = 1000
+#: Rows per request of a filtered page: a few requests at most, each far below Lambda's 6 MB.
+FILTER_REQUEST_ROWS = 100
+
+
+class ConnectionFilter(msgspec.Struct, frozen=True):
+    """Filters of ``get_all_connections``; all None lists every live connection."""
+
+    idle_more_than: int | None = None
+    source_ip: str | None = None
+    user_agent: str | None = None
+    user_id: str | None = None
+    status: str | None = None
+
+    @property
+    def scope(self) -> str:
+        """Part of a page token's scope: a token is only good for the filters it was issued for."""
+        return json.dumps([self.idle_more_than, self.source_ip, self.user_agent], separators=(",", ":"))
+
+    @property
+    def reads_more_than_it_returns(self) -> bool:
+        return self.source_ip is not None or self.user_agent is not None
+
+    def matches(self, record: dict[str, Any], now: datetime) -> bool:
+        """The same filters on a serialized record (the user listing reads a user's few rows)."""
+        metadata = record.get("metadata") or {}
+        if self.source_ip is not None and metadata.get("sourceIp") != self.source_ip:
+            return False
+        if self.user_agent is not None and self.user_agent not in str(metadata.get("userAgent", "")):
+            return False
+        if self.idle_more_than is not None:
+            last = parse_timestamp(record["lastActiveAt"])
+            if last >= now - timedelta(seconds=self.idle_more_than):
+                return False
+        return True
+
+
 class SweepResult(msgspec.Struct, frozen=True):
     """What one sweep did.
 
@@ -205,18 +245,30 @@ class ConnectionService:
         return to_record(self._get(connection_id))
 
     def get_user_connections(
-        self, user_id: str, limit: int | None = None, next_token: str | None = None
+        self,
+        user_id: str,
+        limit: int | None = None,
+        next_token: str | None = None,
+        status: str = CONNECTED,
+        where: ConnectionFilter | None = None,
     ) -> ConnectionList:
+        """A user's connections in ``status`` (DISCONNECTED: their history), from UserIdIndex.
+
+        ``where``'s other filters apply to the rows read: a user has few of them.
+        """
         from connection_manager.tokens import Cursor
 
         limit = limit or self.settings.default_page_size
-        scope = f"user:{user_id}"
+        scope = f"user:{user_id}" if status == CONNECTED and where is None else f"user:{user_id}:{status}:" + (
+            where.scope if where else ""
+        )
         start = self._tokens.decode(next_token, scope, shards=1, key_names=_USER_KEYS).key if next_token else None
-        _check_start_key(start, {"userId": {"S": user_id}, "status": {"S": CONNECTED}})
+        _check_start_key(start, {"userId": {"S": user_id}, "status": {"S": status}})
+        now = self.clock()
         with dynamo_errors("get_user_connections"):
             results = self.model.user_index.query(
                 user_id,
-                range_key_condition=ConnectionModel.status == CONNECTED,
+                range_key_condition=ConnectionModel.status == status,
                 limit=limit,
                 page_size=limit,
                 last_evaluated_key=start,
@@ -231,16 +283,18 @@ class ConnectionService:
         for connection_id in ids:
             last_taken = connection_id
             row = stored.get(connection_id)
-            if row is None or row.status != CONNECTED:
-                continue  # disconnected since the index was read
+            if row is None or row.status != status:
+                continue  # changed status since the index was read
             record = to_record(row)
+            if where is not None and not where.matches(record, now):
+                continue
             rows.append(record)
             used += len(json.dumps(record, default=str))
             if used >= RESPONSE_BUDGET_BYTES:
                 break
         if last_taken is not None and last_taken != ids[-1]:
             last_key: dict[str, Any] | None = {
-                "connectionId": {"S": last_taken}, "userId": {"S": user_id}, "status": {"S": CONNECTED}
+                "connectionId": {"S": last_taken}, "userId": {"S": user_id}, "status": {"S": status}
             }
         else:
             last_key = index_end if len(ids) == limit else None
@@ -248,9 +302,12 @@ class ConnectionService:
         return ConnectionList(rows, len(rows), token)
 
     def get_all_connections(
-        self, limit: int | None = None, next_token: str | None = None
+        self, limit: int | None = None, next_token: str | None = None, where: ConnectionFilter | None = None
     ) -> ConnectionList:
         """Live connections from the sparse index, shard by shard, oldest activity bucket first.
+
+        With ``where``: ``userId`` reads UserIdIndex (see :meth:`get_user_connections`),
+        the others go to :meth:`_filtered_page`.
 
         A page that empties its shard goes on to the next ones in concurrent waves of 1, 2,
         4... shards (at most ``sweep_concurrency``), each asked only for the rows the page
@@ -259,6 +316,10 @@ class ConnectionService:
         """
         from connection_manager.tokens import Cursor
 
+        if where is not None and where.user_id is not None:
+            return self.get_user_connections(where.user_id, limit, next_token, where.status or CONNECTED, where)
+        if where is not None and where != ConnectionFilter():
+            return self._filtered_page(limit or self.settings.default_page_size, next_token, where)
         limit = limit or self.settings.default_page_size
         shards = live_shards(self.model)
         cursor = (
@@ -301,6 +362,66 @@ class ConnectionService:
                 shard, start = batch[-1] + 1, None
                 wave = min(wave * 2, self.settings.sweep_concurrency)
         token = self._tokens.encode("all", next_cursor) if next_cursor else None
+        return ConnectionList(rows, len(rows), token)
+
+    def _filtered_page(self, limit: int, next_token: str | None, where: ConnectionFilter) -> ConnectionList:
+        """A page of live connections matching ``where``, read shard by shard.
+
+        ``idleMoreThan`` is a range on the live index's activity buckets (only the buckets at
+        or before the cutoff's are read: about what it returns, plus one bucket's rows not
+        idle long enough yet). ``sourceIp`` and ``userAgent`` are filter expressions: DynamoDB
+        reads rows it does not return, so the page stops once it has read
+        :data:`FILTER_READ_BUDGET` items and hands back a ``nextToken``, even with fewer
+        rows than ``limit`` (or none): follow it to read on.
+        """
+        from connection_manager.tokens import Cursor
+
+        scope = "all:" + where.scope
+        shards = live_shards(self.model)
+        cursor = (
+            self._tokens.decode(next_token, scope, shards=shards, key_names=_ACTIVE_KEYS)
+            if next_token
+            else Cursor(0, None)
+        )
+        _check_start_key(cursor.key, {"activeShard": {"N": str(cursor.shard)}})
+        now = self.clock()
+        range_key = None
+        condition = _LIVE
+        if where.idle_more_than is not None:
+            cutoff = now - timedelta(seconds=where.idle_more_than)
+            range_key = ConnectionModel.active_bucket <= activity_bucket(cutoff)
+            condition &= ConnectionModel.last_active_at < cutoff
+        if where.source_ip is not None:
+            condition &= ConnectionModel.metadata["sourceIp"] == where.source_ip
+        if where.user_agent is not None:
+            condition &= ConnectionModel.metadata["userAgent"].contains(where.user_agent)
+        budget = FILTER_READ_BUDGET if where.reads_more_than_it_returns else None
+        rows: list[dict[str, Any]] = []
+        read = used = 0
+        shard, start = cursor.shard, cursor.key
+        with dynamo_errors("get_all_connections"):
+            while shard < shards:
+                wanted = min(limit - len(rows), FILTER_REQUEST_ROWS)
+                if budget is not None:
+                    wanted = min(wanted, budget - read)
+                if wanted <= 0 or used >= RESPONSE_BUDGET_BYTES:
+                    break
+                page = next(
+                    self.model.live_index.query(
+                        shard, range_key_condition=range_key, filter_condition=condition,
+                        page_size=wanted, last_evaluated_key=start,
+                    ).page_iter
+                )
+                read += int(page.get("ScannedCount", 0))
+                for item in page.get("Items", []):
+                    record = to_record(self.model.from_raw_data(item))
+                    rows.append(record)
+                    used += len(json.dumps(record, default=str))
+                start = page.get("LastEvaluatedKey")
+                if start is None:
+                    shard += 1
+        next_cursor = Cursor(shard, start) if shard < shards else None
+        token = self._tokens.encode(scope, next_cursor) if next_cursor else None
         return ConnectionList(rows, len(rows), token)
 
     def _live_page(
