@@ -87,7 +87,8 @@ class Route:
     summary: str
     tag: str
     action: str | None = None  # an OPERATIONS name; None for the service reads below
-    read: Callable[[ConnectionService], dict[str, Any]] | None = None
+    #: A service read; takes the validated ``query`` Struct (None without one).
+    read: Callable[[ConnectionService, Any], dict[str, Any]] | None = None
     query: type[s.Params] | None = None
     body: type[s.Params] | None = None
     body_required: bool = False
@@ -98,6 +99,8 @@ class Route:
     errors: tuple[int, ...] = ()
     description: str = ""
     links: tuple[Link, ...] = ()
+    #: Answers ``Accept: text/csv`` with the whole listing as CSV, streamed page by page.
+    csv: bool = False
     #: Open to anyone who reaches the server, even with ADMIN_TOKEN set (a load balancer's health check).
     public: bool = False
 
@@ -121,21 +124,31 @@ class Route:
 API_ROUTES: tuple[Route, ...] = (
     Route(
         "GET", "/health", "health", "Is the table reachable?", "monitoring",
-        read=lambda svc: svc.health(), response=s.Health, errors=(503,), public=True,
+        read=lambda svc, _: svc.health(), response=s.Health, errors=(503,), public=True,
         description="200 when DescribeTable succeeds; 503 with an error body otherwise.",
     ),
     Route(
         "GET", "/stats", "stats", "Counts for the dashboard: active connections, distinct users, stale now.",
-        "monitoring", read=lambda svc: svc.stats().to_body(), response=s.Stats, errors=(503,),
+        "monitoring", read=lambda svc, _: svc.stats().to_body(), response=s.Stats, errors=(503,),
     ),
     Route(
         "GET", "/connections", "get_all_connections", OPERATIONS["get_all_connections"].summary, "connections",
-        action="get_all_connections", query=s.Page, response=s.ConnectionList, errors=(503,),
-        description="Pass the `nextToken` of a page to get the next one; the last page has none.",
+        action="get_all_connections", query=s.GetAllConnections, csv=True, response=s.ConnectionList, errors=(503,),
+        description="Pass the `nextToken` of a page to get the next one; the last page has none. "
+        "`idleMoreThan` reads about what it returns; `userId` reads that user's rows (`status=DISCONNECTED`: "
+        "their history). `sourceIp` and `userAgent` read rows they do not return, so a page stops after "
+        "reading 1,000 items and may hold fewer rows than `limit`, even none, with a `nextToken`: follow it. "
+        "With `Accept: text/csv` the whole filtered listing streams as CSV, page by page.",
         links=(
             Link("nextPage", "get_all_connections", (("nextToken", "$response.body#/nextToken"),)),
             Link("firstConnection", "get_connection", (("connectionId", "$response.body#/connections/0/connectionId"),)),
         ),
+    ),
+    Route(
+        "GET", "/stats/history", "stats_history", "Each sweep of the last hours: active, cleaned, gone, ...",
+        "monitoring", read=lambda svc, q: _history(svc, q), query=s.HistoryQuery, response=s.StatsHistory, errors=(503,),
+        description="The sweeps of the last `hours` (1 to 720, default 48), oldest first, at most `limit` "
+        "(1 to 1000, default 500: the newest). Records expire after 30 days.",
     ),
     Route(
         "POST", "/connections/cleanup", "cleanup_stale_connections",
@@ -313,18 +326,52 @@ def _make_view(route: Route) -> Callable[..., Response | tuple[Response, int]]:
         if not route.mutates and not route.public:
             authorize_read(request.environ, request.headers.get("Authorization"), current_service().settings.admin_token)
         if route.read is not None:
-            if request.args:
+            if route.query is None and request.args:
                 raise ValidationError("Unknown query parameter(s): " + ", ".join(f"`{n}`" for n in request.args))
-            return jsonify(route.read(current_service()))
+            params = s.parse(route.query, _typed_query(route.query, _query())) if route.query is not None else None
+            return jsonify(route.read(current_service(), params))
         assert route.action is not None
         if not route.mutates:
-            status, body = run_action(current_service(), route.action, _payload(route, path))
+            payload = _payload(route, path)
+            if route.csv and _wants_csv():
+                return _csv(route.action, payload)
+            status, body = run_action(current_service(), route.action, payload)
             return jsonify(body), status
         return _change(route, path)
 
     view.__name__ = route.endpoint
     view.__doc__ = route.summary
     return view
+
+
+def _history(service: ConnectionService, query: s.HistoryQuery) -> dict[str, Any]:
+    sweeps = service.stats_history(query.hours, query.limit)
+    return {"sweeps": sweeps, "count": len(sweeps)}
+
+
+def _wants_csv() -> bool:
+    best = request.accept_mimetypes.best_match(["application/json", "text/csv"])
+    return best == "text/csv" and request.accept_mimetypes["text/csv"] > request.accept_mimetypes["application/json"]
+
+
+def _csv(action: str, payload: dict[str, Any]) -> Response:
+    """The listing as CSV: the first page is read before the answer starts (a bad token is
+    still a 400), the next ones while it streams. Lambda buffers a whole response (6 MB):
+    there, export a filtered listing or page with ``nextToken``."""
+    from flask import stream_with_context
+
+    from connection_manager.export import csv_pages
+
+    service = current_service()
+    _, first = run_action(service, action, payload)
+
+    def next_page(token: str) -> dict[str, Any]:
+        return run_action(service, action, {**payload, "nextToken": token})[1]
+
+    response = Response(stream_with_context(csv_pages(first, next_page)), mimetype="text/csv")
+    response.headers["Content-Disposition"] = 'attachment; filename="connections.csv"'
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def _change(route: Route, path: dict[str, str]) -> tuple[Response, int]:

@@ -89,7 +89,7 @@ def _dispatch(event: Any, context: Any, invoker: str | None = None) -> tuple[int
     if event.get("detail-type") == "Scheduled Event":
         invocation = Invocation(principal="schedule", time_left_ms=time_left)
         result = run_action(get_service(), "cleanup_stale_connections", {}, invocation=invocation)
-        _record_active_connections(time_left)
+        _record_active_connections(time_left, result[1].get("activeConnections"))
         return result
     # `zappa invoke <stage> <function> --payload '{...}'` adds its own "command" key.
     payload = {key: value for key, value in event.items() if key not in _ENVELOPE_KEYS}
@@ -101,10 +101,13 @@ def _dispatch(event: Any, context: Any, invoker: str | None = None) -> tuple[int
     return status, body
 
 
-def _record_active_connections(time_left: Any) -> None:
-    """The hourly ActiveConnections gauge; counting costs reads, so only where it is emitted,
-    and never in the time the sweep kept in reserve."""
+def _record_active_connections(time_left: Any, counted: int | None = None) -> None:
+    """The hourly ActiveConnections gauge: the sweep's snapshot already counted them; counting
+    again costs reads, so only where it is emitted, and never in the time the sweep kept in reserve."""
     if not metrics_enabled():
+        return
+    if counted is not None:
+        record_active_connections(counted)
         return
     if time_left is not None and time_left() < get_service().settings.sweep_time_margin_ms:
         return

@@ -19,6 +19,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from connection_manager.errors import ValidationError
+from models.platform import RESERVED_PREFIX
 
 #: DynamoDB's limit for a partition key value (and a GSI key value), in UTF-8 bytes.
 MAX_KEY_BYTES = 2048
@@ -73,6 +74,9 @@ Timestamp = Annotated[str, Meta(description="ISO-8601 UTC with a Z suffix.", exa
 
 
 def _check_key(name: str, value: str) -> None:
+    if name == "connectionId" and value.startswith(RESERVED_PREFIX):
+        # The table's own counters and history live under these keys (models.platform).
+        raise ValueError(f"`connectionId` must not start with `{RESERVED_PREFIX}`: those keys are reserved")
     if len(value.encode("utf-8")) > MAX_KEY_BYTES:
         raise ValueError(f"`{name}` is longer than DynamoDB allows ({MAX_KEY_BYTES} bytes)")
     if not _NOT_BLANK.search(value):
@@ -159,8 +163,47 @@ class Page(Params):
     nextToken: NextToken | None = None
 
 
+MAX_USER_AGENT_FILTER = 512
+
+
 class GetAllConnections(Page):
-    pass
+    """A page of live connections, optionally filtered (each filter narrows the others).
+
+    ``userId`` reads that user's rows from UserIdIndex, and only it takes ``status``
+    (DISCONNECTED: the user's history).
+    """
+
+    idleMoreThan: Annotated[
+        int, Meta(ge=0, le=MAX_STALE_AFTER_SECONDS, description="Only connections idle for longer than this many seconds.")
+    ] | None = None
+    sourceIp: Annotated[str, Meta(min_length=2, max_length=45, description="Only connections from this IP address.")] | None = None
+    userAgent: Annotated[
+        str, Meta(min_length=1, max_length=MAX_USER_AGENT_FILTER, description="Only user agents containing this text.")
+    ] | None = None
+    userId: KeyString | None = None
+    status: Status | None = None
+
+    def __post_init__(self) -> None:
+        if self.sourceIp is not None:
+            import ipaddress
+
+            try:
+                ipaddress.ip_address(self.sourceIp)
+            except ValueError:
+                raise ValueError(f"`sourceIp` is not an IP address: {self.sourceIp[:64]!r}") from None
+        if self.userAgent is not None and not self.userAgent.strip():
+            raise ValueError("`userAgent` must not be blank")
+        if self.userId is not None:
+            _check_key("userId", self.userId)
+        if self.status is not None and self.userId is None:
+            raise ValueError("`status` filters a user's connections: give `userId` too")
+
+
+class HistoryQuery(Params):
+    """Query string of ``GET /stats/history``."""
+
+    hours: Annotated[int, Meta(ge=1, le=720, description="How far back, in hours (records live 30 days).")] = 48
+    limit: Limit = 500
 
 
 class GetConnection(Params):
@@ -281,14 +324,33 @@ class CleanupResult(Struct, omit_defaults=True):
     staleAfterSeconds: int
     cutoff: Timestamp
     durationMs: int
+    #: Live connections counted by the snapshot taken after a real sweep.
+    activeConnections: int | None = None
 
 
 class DisconnectResult(Struct):
     disconnectedCount: int
 
 
+class IdleBin(Struct, rename="camel"):
+    label: str
+    from_seconds: int
+    count: int
+
+
+class UserCount(Struct, rename="camel"):
+    user_id: str
+    connections: int
+
+
 class Stats(Response, rename="camel"):
-    """Counts for the dashboard, over the live rows only."""
+    """Counts for the dashboard, over the live rows only, at a cost independent of their number.
+
+    ``activeConnections`` is kept by the writes (exact at each snapshot); ``distinctUsers``,
+    ``idle`` and ``topUsers`` are as of the latest snapshot, ``asOf`` (null before the first
+    sweep); ``distinctUsersExact`` is false when ``distinctUsers`` is an estimate (past
+    10,000 users, about 1.6 % error).
+    """
 
     active_connections: int
     distinct_users: int
@@ -296,6 +358,29 @@ class Stats(Response, rename="camel"):
     stale_after_seconds: int
     table: str
     generated_at: Timestamp
+    as_of: Timestamp | None = None
+    distinct_users_exact: bool = True
+    idle: list[IdleBin] = []
+    top_users: list[UserCount] = []
+
+
+class SweepRecord(Struct, rename="camel"):
+    """One sweep's result, kept 30 days."""
+
+    at: Timestamp
+    active_connections: int | None
+    distinct_users: int | None
+    stale_found: int
+    cleaned: int
+    gone: int
+    lifetime: int
+    evicted: int
+    duration_ms: int
+
+
+class StatsHistory(Response, rename="camel"):
+    sweeps: list[SweepRecord]
+    count: int
 
 
 class Health(Struct):

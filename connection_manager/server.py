@@ -185,6 +185,7 @@ def prepare_demo(out: TextIO) -> None:
     )
     print(f"embedded DynamoDB: seeding {plan.total} demo rows...", file=out, flush=True)
     written = seed(plan, service.clock(), model=service.model)
+    service.take_snapshot()  # seeded rows bypass the live counters; a snapshot counts them
     print(
         f"embedded DynamoDB: table '{table}' with {written} demo rows "
         f"({plan.live} live, {plan.stale} stale, {plan.history} disconnected)",

@@ -29,6 +29,7 @@ from connection_manager.errors import (
     UnavailableError,
     ValidationError,
 )
+from connection_manager.platform_stats import PlatformStats
 from connection_manager.records import UNKNOWN_TIME, to_record
 from connection_manager.schemas import ConnectionList, Stats
 from models.connection import (
@@ -80,6 +81,46 @@ WRITTEN = "written"  # the stored time was older than the interval: moved to now
 REMEMBERED = "remembered"  # this process knew it was recent: no request at all
 CURRENT = "current"  # the table said it was recent (a failed condition, 1 write unit)
 NOT_CONNECTED = "not_connected"  # no such row, or not CONNECTED: nothing changed
+
+
+#: Items a filtered page may read (``sourceIp``, ``userAgent``: filter expressions, so
+#: DynamoDB reads rows it does not return). A page that spends it stops short, perhaps
+#: empty, with a ``nextToken``: the cost of a page stays bounded however rare the matches.
+FILTER_READ_BUDGET = 1000
+#: Rows per request of a filtered page: a few requests at most, each far below Lambda's 6 MB.
+FILTER_REQUEST_ROWS = 100
+
+
+class ConnectionFilter(msgspec.Struct, frozen=True):
+    """Filters of ``get_all_connections``; all None lists every live connection."""
+
+    idle_more_than: int | None = None
+    source_ip: str | None = None
+    user_agent: str | None = None
+    user_id: str | None = None
+    status: str | None = None
+
+    @property
+    def scope(self) -> str:
+        """Part of a page token's scope: a token is only good for the filters it was issued for."""
+        return json.dumps([self.idle_more_than, self.source_ip, self.user_agent], separators=(",", ":"))
+
+    @property
+    def reads_more_than_it_returns(self) -> bool:
+        return self.source_ip is not None or self.user_agent is not None
+
+    def matches(self, record: dict[str, Any], now: datetime) -> bool:
+        """The same filters on a serialized record (the user listing reads a user's few rows)."""
+        metadata = record.get("metadata") or {}
+        if self.source_ip is not None and metadata.get("sourceIp") != self.source_ip:
+            return False
+        if self.user_agent is not None and self.user_agent not in str(metadata.get("userAgent", "")):
+            return False
+        if self.idle_more_than is not None:
+            last = parse_timestamp(record["lastActiveAt"])
+            if last >= now - timedelta(seconds=self.idle_more_than):
+                return False
+        return True
 
 
 class SweepResult(msgspec.Struct, frozen=True):
@@ -182,6 +223,8 @@ class ConnectionService:
         self.clock = clock
         self.model = model if model is not None else model_for(settings)
         self.activity = ActivityMemory(settings.activity_memory_size)
+        #: Live counters, snapshot and sweep history, in the same table under reserved keys.
+        self.platform = PlatformStats(self.model, settings.sweep_concurrency)
 
     @cached_property
     def _tokens(self) -> TokenCodec:
@@ -252,18 +295,30 @@ class ConnectionService:
         return to_record(self._get(connection_id))
 
     def get_user_connections(
-        self, user_id: str, limit: int | None = None, next_token: str | None = None
+        self,
+        user_id: str,
+        limit: int | None = None,
+        next_token: str | None = None,
+        status: str = CONNECTED,
+        where: ConnectionFilter | None = None,
     ) -> ConnectionList:
+        """A user's connections in ``status`` (DISCONNECTED: their history), from UserIdIndex.
+
+        ``where``'s other filters apply to the rows read: a user has few of them.
+        """
         from connection_manager.tokens import Cursor
 
         limit = limit or self.settings.default_page_size
-        scope = f"user:{user_id}"
+        scope = f"user:{user_id}" if status == CONNECTED and where is None else f"user:{user_id}:{status}:" + (
+            where.scope if where else ""
+        )
         start = self._tokens.decode(next_token, scope, shards=1, key_names=_USER_KEYS).key if next_token else None
-        _check_start_key(start, {"userId": {"S": user_id}, "status": {"S": CONNECTED}})
+        _check_start_key(start, {"userId": {"S": user_id}, "status": {"S": status}})
+        now = self.clock()
         with dynamo_errors("get_user_connections"):
             results = self.model.user_index.query(
                 user_id,
-                range_key_condition=ConnectionModel.status == CONNECTED,
+                range_key_condition=ConnectionModel.status == status,
                 limit=limit,
                 page_size=limit,
                 last_evaluated_key=start,
@@ -278,16 +333,18 @@ class ConnectionService:
         for connection_id in ids:
             last_taken = connection_id
             row = stored.get(connection_id)
-            if row is None or row.status != CONNECTED:
-                continue  # disconnected since the index was read
+            if row is None or row.status != status:
+                continue  # changed status since the index was read
             record = to_record(row)
+            if where is not None and not where.matches(record, now):
+                continue
             rows.append(record)
             used += len(json.dumps(record, default=str))
             if used >= RESPONSE_BUDGET_BYTES:
                 break
         if last_taken is not None and last_taken != ids[-1]:
             last_key: dict[str, Any] | None = {
-                "connectionId": {"S": last_taken}, "userId": {"S": user_id}, "status": {"S": CONNECTED}
+                "connectionId": {"S": last_taken}, "userId": {"S": user_id}, "status": {"S": status}
             }
         else:
             last_key = index_end if len(ids) == limit else None
@@ -295,9 +352,12 @@ class ConnectionService:
         return ConnectionList(rows, len(rows), token)
 
     def get_all_connections(
-        self, limit: int | None = None, next_token: str | None = None
+        self, limit: int | None = None, next_token: str | None = None, where: ConnectionFilter | None = None
     ) -> ConnectionList:
         """Live connections from the sparse index, shard by shard, oldest activity bucket first.
+
+        With ``where``: ``userId`` reads UserIdIndex (see :meth:`get_user_connections`),
+        the others go to :meth:`_filtered_page`.
 
         A page that empties its shard goes on to the next ones in concurrent waves of 1, 2,
         4... shards (at most ``sweep_concurrency``), each asked only for the rows the page
@@ -306,6 +366,10 @@ class ConnectionService:
         """
         from connection_manager.tokens import Cursor
 
+        if where is not None and where.user_id is not None:
+            return self.get_user_connections(where.user_id, limit, next_token, where.status or CONNECTED, where)
+        if where is not None and where != ConnectionFilter():
+            return self._filtered_page(limit or self.settings.default_page_size, next_token, where)
         limit = limit or self.settings.default_page_size
         shards = live_shards(self.model)
         cursor = (
@@ -350,6 +414,66 @@ class ConnectionService:
         token = self._tokens.encode("all", next_cursor) if next_cursor else None
         return ConnectionList(rows, len(rows), token)
 
+    def _filtered_page(self, limit: int, next_token: str | None, where: ConnectionFilter) -> ConnectionList:
+        """A page of live connections matching ``where``, read shard by shard.
+
+        ``idleMoreThan`` is a range on the live index's activity buckets (only the buckets at
+        or before the cutoff's are read: about what it returns, plus one bucket's rows not
+        idle long enough yet). ``sourceIp`` and ``userAgent`` are filter expressions: DynamoDB
+        reads rows it does not return, so the page stops once it has read
+        :data:`FILTER_READ_BUDGET` items and hands back a ``nextToken``, even with fewer
+        rows than ``limit`` (or none): follow it to read on.
+        """
+        from connection_manager.tokens import Cursor
+
+        scope = "all:" + where.scope
+        shards = live_shards(self.model)
+        cursor = (
+            self._tokens.decode(next_token, scope, shards=shards, key_names=_ACTIVE_KEYS)
+            if next_token
+            else Cursor(0, None)
+        )
+        _check_start_key(cursor.key, {"activeShard": {"N": str(cursor.shard)}})
+        now = self.clock()
+        range_key = None
+        condition = _LIVE
+        if where.idle_more_than is not None:
+            cutoff = now - timedelta(seconds=where.idle_more_than)
+            range_key = ConnectionModel.active_bucket <= activity_bucket(cutoff)
+            condition &= ConnectionModel.last_active_at < cutoff
+        if where.source_ip is not None:
+            condition &= ConnectionModel.metadata["sourceIp"] == where.source_ip
+        if where.user_agent is not None:
+            condition &= ConnectionModel.metadata["userAgent"].contains(where.user_agent)
+        budget = FILTER_READ_BUDGET if where.reads_more_than_it_returns else None
+        rows: list[dict[str, Any]] = []
+        read = used = 0
+        shard, start = cursor.shard, cursor.key
+        with dynamo_errors("get_all_connections"):
+            while shard < shards:
+                wanted = min(limit - len(rows), FILTER_REQUEST_ROWS)
+                if budget is not None:
+                    wanted = min(wanted, budget - read)
+                if wanted <= 0 or used >= RESPONSE_BUDGET_BYTES:
+                    break
+                page = next(
+                    self.model.live_index.query(
+                        shard, range_key_condition=range_key, filter_condition=condition,
+                        page_size=wanted, last_evaluated_key=start,
+                    ).page_iter
+                )
+                read += int(page.get("ScannedCount", 0))
+                for item in page.get("Items", []):
+                    record = to_record(self.model.from_raw_data(item))
+                    rows.append(record)
+                    used += len(json.dumps(record, default=str))
+                start = page.get("LastEvaluatedKey")
+                if start is None:
+                    shard += 1
+        next_cursor = Cursor(shard, start) if shard < shards else None
+        token = self._tokens.encode(scope, next_cursor) if next_cursor else None
+        return ConnectionList(rows, len(rows), token)
+
     def _live_page(
         self, shard: int, limit: int, start: dict[str, Any] | None
     ) -> tuple[list[ConnectionModel], dict[str, Any] | None]:
@@ -383,23 +507,52 @@ class ConnectionService:
             )
 
     def stats(self) -> Stats:
-        """Counts for the dashboard in one pass over the live rows (never the history)."""
+        """Counts for the dashboard at a cost independent of the number of connections.
+
+        Active connections come from the live counters (exact at every snapshot, then kept
+        by the writes); distinct users, the idle-time distribution and the heaviest users
+        from the latest snapshot (``asOf``). Stale rows are counted on the live index
+        (``Select=COUNT``, only buckets at or before the cutoff's): that reads the stale
+        rows, which each sweep removes, plus the not-yet-stale ones of the cutoff's bucket.
+        """
         now = self.clock()
         cutoff = now - timedelta(seconds=self.settings.stale_after_seconds)
-        active = stale = 0
-        users: set[str] = set()
+        active, snapshot = self.platform.read()
         with dynamo_errors("stats"):
-            for row in self._active_rows(
-                attributes=["connectionId", "userId", "status", "lastActiveAt", "activeShard", "activeBucket"],
-                filter_condition=_LIVE,
-            ):
-                active += 1
-                users.add(row.user_id)
-                if row.last_active_at is not None and row.last_active_at < cutoff:
-                    stale += 1
+            stale = sum(
+                self._fan_out(
+                    list(range(live_shards(self.model))),
+                    lambda shard: self.model.live_index.count(
+                        shard,
+                        range_key_condition=ConnectionModel.active_bucket <= activity_bucket(cutoff),
+                        filter_condition=_LIVE & (ConnectionModel.last_active_at < cutoff),
+                    ),
+                )
+            )
+        snap = snapshot or {}
         return Stats(
-            active, len(users), stale, self.settings.stale_after_seconds, self.settings.table_name, format_timestamp(now)
+            active_connections=active,
+            distinct_users=int(snap.get("distinctUsers", 0)),
+            stale_connections=stale,
+            stale_after_seconds=self.settings.stale_after_seconds,
+            table=self.settings.table_name,
+            generated_at=format_timestamp(now),
+            as_of=snap.get("asOf"),
+            distinct_users_exact=bool(snap.get("distinctUsersExact", True)),
+            idle=snap.get("idle", []),
+            top_users=snap.get("topUsers", []),
         )
+
+    def take_snapshot(self) -> dict[str, Any]:
+        """Count every live row once and repair the counters (after each sweep; see PlatformStats)."""
+        return self.platform.take_snapshot(self.clock())
+
+    def record_sweep(self, sweep: dict[str, Any], snapshot: dict[str, Any] | None) -> dict[str, Any]:
+        return self.platform.record_sweep(self.clock(), sweep, snapshot)
+
+    def stats_history(self, hours: int, limit: int) -> list[dict[str, Any]]:
+        """The sweeps of the last ``hours`` hours, oldest first (at most ``limit``, the newest)."""
+        return self.platform.history(self.clock() - timedelta(hours=hours), limit)
 
     # Writes -----------------------------------------------------------------------------
 
@@ -416,6 +569,7 @@ class ConnectionService:
         try:
             with dynamo_errors("register_connection"):
                 row.save(condition=ConnectionModel.connection_id.does_not_exist())
+            self.platform.count(connection_id, +1)
             # Messages this container receives next need no write until the interval passes.
             self.activity.remember(connection_id, row.last_active_at)
             return to_record(row), True
@@ -571,6 +725,7 @@ class ConnectionService:
         ]
         condition = ConnectionModel.connection_id.exists() & (ConnectionModel.status != CONNECTED)
         if self._conditional_update(row, actions, condition, "update_connection_status"):
+            self.platform.count(connection_id, +1)
             return to_record(row)
         return self.get_connection(connection_id)  # already CONNECTED, or 404
 
@@ -823,9 +978,10 @@ class ConnectionService:
         applied, current = self._update_or_current(
             row, self._disconnect_actions(reason, write_id), condition, "disconnect"
         )
-        if applied:
-            return row
-        return current if current is not None and current.write_id == write_id else None
+        if applied or (current is not None and current.write_id == write_id):
+            self.platform.count(connection_id, -1)
+            return row if applied else current
+        return None
 
     def _disconnect_outcome(self, connection_id: str, reason: DisconnectReason) -> str:
         return APPLIED if self._disconnect_if_connected(connection_id, reason) is not None else SKIPPED
@@ -847,6 +1003,7 @@ class ConnectionService:
             row, self._disconnect_actions(reason, write_id), condition, "sweep"
         )
         if applied or (current is not None and current.write_id == write_id):
+            self.platform.count(connection_id, -1)
             return APPLIED
         if current is not None and current.status != CONNECTED and current.active_shard is not None:
             return self._leave_index(connection_id)
@@ -909,7 +1066,10 @@ class ConnectionService:
             ConnectionModel.active_bucket.does_not_exist() | ConnectionModel.active_shard.does_not_exist()
             | ConnectionModel.last_active_at.does_not_exist() | ConnectionModel.live_since.does_not_exist()
         )
-        return APPLIED if self._conditional_update(row, actions, condition, "reindex") else SKIPPED
+        if not self._conditional_update(row, actions, condition, "reindex"):
+            return SKIPPED
+        self.platform.count(connection_id, +1)
+        return APPLIED
 
     def _update_or_current(
         self, row: ConnectionModel, actions: list[Any], condition: Any, operation: str

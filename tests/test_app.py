@@ -150,11 +150,14 @@ def test_health__table_missing_is_503(client: FlaskClient, dynamodb: Any) -> Non
     assert error_of(response)["error"] == "ServiceUnavailable"
 
 
-def test_stats__counts_live_connections_users_and_stale(client: FlaskClient, make_connection: Any) -> None:
+def test_stats__counts_live_connections_users_and_stale(
+    client: FlaskClient, make_connection: Any, service: ConnectionService
+) -> None:
     make_connection("c1", user_id="u1")
     make_connection("c2", user_id="u1", idle=timedelta(hours=2))
     make_connection("c3", user_id="u2")
     make_connection("c4", user_id="u3", status="DISCONNECTED")
+    service.take_snapshot()  # rows written around the service: counted by the snapshot after a sweep
     response = client.get("/stats")
     assert response.status_code == 200
     assert response.get_json() == {
@@ -164,6 +167,17 @@ def test_stats__counts_live_connections_users_and_stale(client: FlaskClient, mak
         "staleAfterSeconds": 3600,
         "table": TABLE,
         "generatedAt": iso(NOW),
+        "asOf": iso(NOW),
+        "distinctUsersExact": True,
+        "idle": [
+            {"label": "< 5 min", "fromSeconds": 0, "count": 2},
+            {"label": "5-15 min", "fromSeconds": 300, "count": 0},
+            {"label": "15-30 min", "fromSeconds": 900, "count": 0},
+            {"label": "30-60 min", "fromSeconds": 1800, "count": 0},
+            {"label": "1-2 h", "fromSeconds": 3600, "count": 0},
+            {"label": "> 2 h", "fromSeconds": 7200, "count": 1},
+        ],
+        "topUsers": [{"userId": "u1", "connections": 2}, {"userId": "u2", "connections": 1}],
     }
 
 

@@ -183,6 +183,7 @@ def test_get_all_connections__disconnected_rows_between_pages__every_live_row_on
 def test_stats__disconnected_row_with_active_shard__not_counted(service):
     service.register_connection("live", "u1")
     put_raw(disconnected_in_index("ended") | {"userId": "u2"})
+    service.take_snapshot()
 
     stats = service.stats()
 

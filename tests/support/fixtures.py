@@ -23,6 +23,7 @@ import connection_manager.wiring as wiring
 from connection_manager.clock import FixedClock
 from connection_manager.config import Settings
 from connection_manager.service import ConnectionService, new_connection_row
+from models.platform import is_reserved
 from models.connection import ConnectionModel, format_timestamp
 
 __all__ = [
@@ -75,7 +76,17 @@ def raw_item(connection_id: str, client: Any = None) -> dict[str, Any] | None:
 
 
 def raw_items(client: Any = None) -> list[dict[str, Any]]:
-    """Every stored item (a full Scan; fine for a test table)."""
+    """Every stored connection row (a full Scan; fine for a test table); the platform's own
+    counters and history under reserved keys are left out (see :func:`platform_items`)."""
+    return [item for item in _all_items(client) if not is_reserved(item["connectionId"])]
+
+
+def platform_items(client: Any = None) -> dict[str, dict[str, Any]]:
+    """The platform's counters, snapshot and sweep history, by key."""
+    return {item["connectionId"]: item for item in _all_items(client) if is_reserved(item["connectionId"])}
+
+
+def _all_items(client: Any = None) -> list[dict[str, Any]]:
     client = client or _client()
     items: list[dict[str, Any]] = []
     kwargs: dict[str, Any] = {"TableName": ConnectionModel.Meta.table_name, "ConsistentRead": True}

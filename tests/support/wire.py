@@ -15,6 +15,7 @@ from boto3.dynamodb.types import TypeDeserializer
 
 import connection_manager.wiring as wiring
 from connection_manager.service import ConnectionService
+from models.platform import is_reserved
 
 TABLE = "connections"
 
@@ -50,7 +51,8 @@ def stored_all(client: Any) -> dict[str, dict[str, Any]]:
         page = client.scan(**kwargs)
         for item in page["Items"]:
             row = {k: _deserializer.deserialize(v) for k, v in item.items()}
-            rows[row["connectionId"]] = row
+            if not is_reserved(row["connectionId"]):  # the platform's counters and history
+                rows[row["connectionId"]] = row
         if "LastEvaluatedKey" not in page:
             return rows
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]

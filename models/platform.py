@@ -1,0 +1,76 @@
+"""Platform records: the counters, the latest snapshot and the sweep history, kept in the
+connections table itself under reserved keys.
+
+They share the table so the function's role, ``create-table`` and the package need nothing
+new. None of them can reach a listing: listings read ``LiveIndex`` shards ``0..n-1`` and
+``UserIdIndex``, and these items carry no ``userId`` and no ``status``. The sweep history
+uses ``LiveIndex`` partition :data:`HISTORY_SHARD` (negative, so never a connection's
+shard), sorted by the sweep's epoch second: the last 48 hours are one range query.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from pynamodb.attributes import NumberAttribute, TTLAttribute, UnicodeAttribute
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
+from pynamodb.models import Model
+
+from models.connection import ConnectionModel
+
+#: Every reserved key starts with this; connection ids that do are refused at the door.
+RESERVED_PREFIX = "#cm#"
+SNAPSHOT_KEY = RESERVED_PREFIX + "snapshot"
+#: ``LiveIndex`` partition of the sweep history (connections use ``0..live_shards-1``).
+HISTORY_SHARD = -1
+
+
+def counter_key(shard: int) -> str:
+    """The live-connection counter of one live shard: connects spread over the shards as
+    the index writes do, so no single item takes every connect of the platform."""
+    return f"{RESERVED_PREFIX}live#{shard}"
+
+
+def history_key(epoch_seconds: int) -> str:
+    return f"{RESERVED_PREFIX}sweep#{epoch_seconds:012d}"
+
+
+def is_reserved(key: str) -> bool:
+    return key.startswith(RESERVED_PREFIX)
+
+
+class HistoryIndex(GlobalSecondaryIndex["PlatformRecord"]):
+    """``LiveIndex`` as the history reads it (the same index; the table model creates it)."""
+
+    class Meta:
+        index_name = "LiveIndex"
+        projection = AllProjection()
+
+    active_shard = NumberAttribute(hash_key=True, attr_name="activeShard")
+    active_bucket = NumberAttribute(range_key=True, attr_name="activeBucket")
+
+
+class PlatformRecord(Model):
+    """A counter (``live``), the snapshot or one sweep's result (``body``, JSON text)."""
+
+    class Meta:
+        table_name = "connections"
+
+    key = UnicodeAttribute(hash_key=True, attr_name="connectionId")
+    live = NumberAttribute(null=True, attr_name="live")
+    body = UnicodeAttribute(null=True, attr_name="body")
+    active_shard = NumberAttribute(null=True, attr_name="activeShard")
+    active_bucket = NumberAttribute(null=True, attr_name="activeBucket")
+    expires_at = TTLAttribute(null=True, attr_name="expiresAt")
+
+    history = HistoryIndex()
+
+
+def records_for(model: type[ConnectionModel]) -> type[PlatformRecord]:
+    """A ``PlatformRecord`` class bound to the same table, region and retries as ``model``."""
+    source = model.Meta
+    names = ("table_name", "region", "connect_timeout_seconds", "read_timeout_seconds",
+             "max_pool_connections", "max_retry_attempts", "host")
+    values: dict[str, Any] = {name: getattr(source, name) for name in names if hasattr(source, name)}
+    meta = type("Meta", (), values)
+    namespace = {"Meta": meta, "_connection": None, "__module__": __name__, "__qualname__": "PlatformRecord"}
+    return type("PlatformRecord", (PlatformRecord,), namespace)
