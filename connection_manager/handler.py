@@ -21,6 +21,7 @@ import models.connection  # noqa: F401  # isort: skip
 from connection_manager.config import Settings
 from connection_manager.errors import ConnectionManagerError, InternalError, ValidationError
 from connection_manager.event_sources import belongs_to_zappa, foreign_source
+from connection_manager.gateway import management_endpoint
 from connection_manager.observability import (
     metrics_enabled,
     record_activity_failure,
@@ -148,7 +149,10 @@ def _websocket(event: dict[str, Any]) -> dict[str, Any]:
             metadata = _websocket_metadata(request)
             if metadata:
                 payload["metadata"] = metadata
-            run_action(service, "register_connection", payload, invocation=Invocation(principal="apigateway:$connect"))
+            endpoint = management_endpoint(request.get("domainName"), request.get("stage"))
+            if endpoint:
+                payload["endpoint"] = endpoint
+            run_internal(service, "connect", payload, invocation=Invocation(principal="apigateway:$connect"))
         elif route == "$disconnect":
             run_internal(
                 service, "disconnect", {"connectionId": connection_id}, invocation=Invocation(principal="apigateway:$disconnect")

@@ -11,8 +11,8 @@ import msgspec
 
 from connection_manager import schemas as s
 from connection_manager.errors import ConnectionManagerError, ValidationError
-from connection_manager.observability import audit, record_sweep
-from connection_manager.service import ConnectionService, TimeLeft
+from connection_manager.observability import audit, record_sockets_not_closed, record_sweep
+from connection_manager.service import DISCONNECTED, ConnectionService, TimeLeft
 from models.connection import DisconnectReason
 
 Body = dict[str, Any]
@@ -52,6 +52,31 @@ def _register(svc: ConnectionService, p: s.RegisterConnection, _: Invocation) ->
     return (201 if created else 200), {"connection": record}
 
 
+def _connect(svc: ConnectionService, p: s.ClientConnect, _: Invocation) -> Result:
+    record, created = svc.register_connection(p.connectionId, p.userId, p.metadata, p.endpoint)
+    return (201 if created else 200), {"connection": record}
+
+
+def _update_status(svc: ConnectionService, p: s.UpdateConnectionStatus, _: Invocation) -> Result:
+    if p.status != DISCONNECTED:
+        return 200, {"connection": svc.update_connection_status(p.connectionId, p.status)}
+    record, not_closed = svc.admin_disconnect(p.connectionId)
+    return 200, _with_not_closed({"connection": record}, not_closed)
+
+
+def _disconnect_user(svc: ConnectionService, p: s.DisconnectUser, _: Invocation) -> Result:
+    outcome = svc.admin_disconnect_user(p.userId)
+    return 200, _with_not_closed({"disconnectedCount": outcome.disconnected}, outcome.not_closed)
+
+
+def _with_not_closed(body: Body, not_closed: int) -> Body:
+    """The contract's body as it was, plus ``notClosedCount`` only when a socket stayed open."""
+    if not_closed:
+        record_sockets_not_closed(not_closed)
+        body["notClosedCount"] = not_closed
+    return body
+
+
 def _cleanup(svc: ConnectionService, p: s.CleanupStaleConnections, inv: Invocation) -> Result:
     result = svc.cleanup_stale_connections(p.staleAfterSeconds, p.dryRun, inv.time_left_ms)
     record_sweep(result)
@@ -85,7 +110,7 @@ OPERATIONS: dict[str, Operation] = {
         Operation(
             "update_connection_status",
             s.UpdateConnectionStatus,
-            lambda svc, p, _: (200, {"connection": svc.update_connection_status(p.connectionId, p.status)}),
+            _update_status,
             True,
             "Set a connection's status; a missing connection is a 404 and nothing is created.",
         ),
@@ -107,7 +132,7 @@ OPERATIONS: dict[str, Operation] = {
         Operation(
             "disconnect_user",
             s.DisconnectUser,
-            lambda svc, p, _: (200, {"disconnectedCount": svc.disconnect_user(p.userId)}),
+            _disconnect_user,
             True,
             "Disconnect every CONNECTED connection of a user (reason admin).",
         ),
@@ -169,6 +194,16 @@ INTERNAL_OPERATIONS: dict[str, Operation] = {
     )
 }
 
+#: A WebSocket $connect is a registration, audited as one, whose schema adds the management
+#: endpoint that only API Gateway's event can give.
+INTERNAL_OPERATIONS["connect"] = Operation(
+    "register_connection",
+    s.ClientConnect,
+    _connect,
+    True,
+    "Record a new CONNECTED connection from a WebSocket $connect, with its management endpoint.",
+)
+
 #: Heartbeats are state changes but arrive at message rate; auditing each would drown the log.
 _NOT_AUDITED = frozenset({"heartbeat", "activity"})
 
@@ -218,11 +253,12 @@ def _audit_details(name: str, body: Body) -> dict[str, Any]:
     if name == "cleanup_stale_connections":
         return {"cleanedCount": body.get("cleanedCount"), "dryRun": body.get("dryRun")}
     if name == "disconnect_user":
-        return {"disconnectedCount": body.get("disconnectedCount")}
+        return {key: body[key] for key in ("disconnectedCount", "notClosedCount") if key in body}
     if name in ("disconnect", "create_table"):
         return {key: body.get(key) for key in ("changed", "created") if key in body}
     if name in ("reindex", "seed"):
         return body
     if name == "update_connection_status":
-        return {"status": body.get("connection", {}).get("status")}
+        details = {"status": body.get("connection", {}).get("status")}
+        return details | ({"notClosedCount": body["notClosedCount"]} if "notClosedCount" in body else {})
     return {}

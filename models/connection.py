@@ -51,6 +51,8 @@ class DisconnectReason(StrEnum):
     CLIENT = "client"
     STALE = "stale"
     ADMIN = "admin"
+    #: API Gateway answered 410 Gone: the socket closed without a ``$disconnect`` reaching us.
+    GONE = "gone"
 
 
 def format_timestamp(value: datetime) -> str:
@@ -202,6 +204,10 @@ class ConnectionModel(Model):
     #: own id here tells it the first attempt applied. Internal; never in a response.
     write_id = UnicodeAttribute(null=True, attr_name="writeId")
     active_bucket = NumberAttribute(null=True, attr_name="activeBucket")
+    #: API Gateway's management endpoint for this socket (``https://{domainName}/{stage}``),
+    #: stored at ``$connect``: where DeleteConnection and GetConnection go. Internal; never
+    #: in a response. Rows written by other tools have none and are handled as before.
+    gateway_endpoint = UnicodeAttribute(null=True, attr_name="gatewayEndpoint")
 
     user_index = UserIdIndex()
     live_index = LiveIndex()
