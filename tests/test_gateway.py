@@ -339,3 +339,34 @@ def test_cleanup__gateway_calls_are_concurrent_and_bounded(service, settings, ma
     # Then every row is gone, asked about several at a time but within the bound
     assert body["goneCount"] == 12
     assert 1 < gateway.max_in_flight <= settings.sweep_concurrency
+
+
+# --- the demo stays on loopback -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [(None, False), ("https://abcdef1234.execute-api.us-east-1.amazonaws.com/production", False),
+     ("http://127.0.0.1:4510", True)],
+)
+def test_serve_embedded__gateway_calls_stay_on_loopback(given, kept):
+    import socket
+    from urllib.parse import urlsplit
+
+    from connection_manager.server import point_at
+
+    # Given the environment the embedded demo starts from
+    env = {} if given is None else {"AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI": given}
+
+    # When it is pointed at its embedded DynamoDB
+    point_at("http://127.0.0.1:5000", env)
+
+    # Then a loopback override is kept; anything else becomes a loopback port that refuses
+    url = env["AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI"]
+    if kept:
+        assert url == given
+        return
+    parts = urlsplit(url)
+    assert parts.hostname == "127.0.0.1"
+    with pytest.raises(ConnectionRefusedError), socket.create_connection((parts.hostname, parts.port), timeout=2):
+        pass
