@@ -370,3 +370,35 @@ def test_serve_embedded__gateway_calls_stay_on_loopback(given, kept):
     assert parts.hostname == "127.0.0.1"
     with pytest.raises(ConnectionRefusedError), socket.create_connection((parts.hostname, parts.port), timeout=2):
         pass
+
+
+# --- IAM: the shipped policy grants exactly the calls made ---------------------------------
+
+
+@pytest.mark.parametrize("stage", ["dev", "production"])
+def test_policy__grants_exactly_the_gateway_calls_made(stage, service, gateway):
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    settings = json.loads((root / "zappa_settings.json").read_text())
+    env = {**settings["dev"]["aws_environment_variables"], **settings[stage]["aws_environment_variables"]}
+    policy_file = settings[stage].get("attach_policy", settings["dev"]["attach_policy"])
+    policy = json.loads((root / policy_file).read_text())
+
+    # Given every kind of gateway call the function makes
+    gateway.open("c1", NOW)
+    service.gateway.probe(ENDPOINT, "c1")
+    service.gateway.close(ENDPOINT, "c1")
+    made = {call.method for call in gateway.calls}
+
+    # Then the policy grants ManageConnections on those methods of the configured API and stage, no more
+    granted = {
+        resource
+        for statement in policy["Statement"]
+        if "execute-api:ManageConnections" in statement["Action"]
+        for resource in statement["Resource"]
+    }
+    prefix = f"arn:aws:execute-api:*:*:{env['WEBSOCKET_API_ID']}/{env['WEBSOCKET_STAGE']}/"
+    assert granted == {f"{prefix}{method}/@connections/*" for method in made}
+    assert made == {"GET", "DELETE"}
