@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
 
@@ -62,6 +62,9 @@ class GatewayStandIn:
         self._thread: threading.Thread | None = None
         self.in_flight = 0
         self.max_in_flight = 0
+        #: Called with (method, connection id) as each request arrives, before it is answered:
+        #: lets a test land a write between a caller's question and its next step, deterministically.
+        self.on_request: Callable[[str, str], None] | None = None
 
     # -- state ---------------------------------------------------------------------
 
@@ -69,6 +72,16 @@ class GatewayStandIn:
         """A live socket; ids never opened (or closed since) answer 410."""
         with self._lock:
             self._sockets[connection_id] = Socket(connected_at, last_active_at or connected_at)
+
+    def drop(self, connection_id: str) -> None:
+        """The socket closes on the client's side (no call to us): 410 from then on."""
+        with self._lock:
+            self._sockets.pop(connection_id, None)
+
+    def touch(self, connection_id: str, last_active_at: datetime) -> None:
+        """Traffic on an open socket (sent or received) moves its ``lastActiveAt``."""
+        with self._lock:
+            self._sockets[connection_id].last_active_at = last_active_at
 
     def is_open(self, connection_id: str) -> bool:
         with self._lock:
@@ -137,6 +150,8 @@ class GatewayStandIn:
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             latency = self.latency_ms
         try:
+            if self.on_request is not None:
+                self.on_request(method, connection_id)
             if latency:
                 time.sleep(latency / 1000)
             status, headers, body = self._decide(method, connection_id)
