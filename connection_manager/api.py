@@ -170,8 +170,9 @@ API_ROUTES: tuple[Route, ...] = (
         "PATCH", "/connections/<connectionkey:connectionId>", "update_connection_status",
         OPERATIONS["update_connection_status"].summary, "connections",
         action="update_connection_status", body=s.StatusChange, body_required=True,
-        response=s.ConnectionEnvelope, errors=(404, 415, 503),
-        description="DISCONNECTED records reason `admin`. Setting the status a connection already has changes nothing.",
+        response=s.StatusChangeResult, errors=(404, 415, 503),
+        description="DISCONNECTED records reason `admin` and closes the socket at API Gateway. Setting the status a "
+        "connection already has changes nothing.",
     ),
     Route(
         "GET", "/users/<key:userId>/connections", "get_user_connections",

@@ -9,6 +9,7 @@ import os
 import secrets
 from dataclasses import dataclass, field
 from typing import Mapping
+from urllib.parse import urlsplit
 
 from connection_manager.errors import ConfigurationError
 
@@ -24,6 +25,16 @@ _PROCESS_TOKEN_SECRET = secrets.token_urlsafe(32)
 
 def process_token_secret() -> str:
     return _PROCESS_TOKEN_SECRET
+
+
+#: The standard AWS variable that points every ``@connections`` call somewhere else.
+GATEWAY_ENDPOINT_VARIABLE = "AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI"
+
+
+def _gateway_override_from_environment() -> str | None:
+    """Settings built in code honour the standard variable too, as botocore does for every client:
+    a test or script that builds ``Settings(...)`` cannot send a call to a real API by accident."""
+    return os.environ.get(GATEWAY_ENDPOINT_VARIABLE, "").strip() or None
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,14 @@ class Settings:
     #: At most this many CONNECTED rows per user; a registration beyond it evicts the
     #: user's oldest (reason ``evicted``). 0: no cap.
     max_connections_per_user: int = 0
+    #: Where every API Gateway ``@connections`` call goes instead of the endpoint stored at
+    #: ``$connect`` (``AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI``).
+    gateway_endpoint_override: str | None = field(default_factory=_gateway_override_from_environment)
+    #: Tries per gateway call; throttling (429), 5xx and connection failures are retried
+    #: with full-jitter exponential backoff from base to max.
+    gateway_max_attempts: int = 3
+    gateway_backoff_base_ms: int = 100
+    gateway_backoff_max_ms: int = 2000
     token_secret: str | None = field(default=None, repr=False)
     admin_token: str | None = field(default=None, repr=False)
     in_lambda: bool = False
@@ -110,6 +129,14 @@ class Settings:
         capacity = integer("CAPACITY_CONNECTIONS", 1_000_000, 1, 1_000_000_000)
         lifetime = integer("MAX_CONNECTION_LIFETIME_SECONDS", 7200, 1, 10 * 365 * 24 * 3600)
         per_user = integer("MAX_CONNECTIONS_PER_USER", 0, 0, 100_000)
+        gateway_attempts = integer("GATEWAY_MAX_ATTEMPTS", 3, 1, 10)
+        gateway_backoff = integer("GATEWAY_BACKOFF_BASE_MS", 100, 0, 10_000)
+        gateway_override = env.get(GATEWAY_ENDPOINT_VARIABLE, "").strip() or None
+        if gateway_override is not None:
+            parts = urlsplit(gateway_override)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                problems.append(f"{GATEWAY_ENDPOINT_VARIABLE} must be an http(s) URL, got {gateway_override!r}")
+                gateway_override = None
         if interval and interval >= stale:
             problems.append(
                 f"ACTIVITY_WRITE_INTERVAL_SECONDS ({interval}) must be shorter than STALE_AFTER_SECONDS ({stale}), "
@@ -148,6 +175,9 @@ class Settings:
             capacity_connections=capacity,
             max_connection_lifetime_seconds=lifetime,
             max_connections_per_user=per_user,
+            gateway_endpoint_override=gateway_override,
+            gateway_max_attempts=gateway_attempts,
+            gateway_backoff_base_ms=gateway_backoff,
             token_secret=token_secret or None,
             admin_token=env.get("ADMIN_TOKEN") or None,
             in_lambda=in_lambda,

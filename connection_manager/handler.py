@@ -21,6 +21,7 @@ import models.connection  # noqa: F401  # isort: skip
 from connection_manager.config import Settings
 from connection_manager.errors import ConflictError, ConnectionManagerError, InternalError, ValidationError
 from connection_manager.event_sources import belongs_to_zappa, foreign_source
+from connection_manager.gateway import management_endpoint
 from connection_manager.observability import (
     metrics_enabled,
     record_activity_failure,
@@ -151,9 +152,10 @@ def _websocket(event: dict[str, Any]) -> dict[str, Any]:
             metadata = _websocket_metadata(request)
             if metadata:
                 payload["metadata"] = metadata
-            _, body = run_action(
-                service, "register_connection", payload, invocation=Invocation(principal="apigateway:$connect")
-            )
+            endpoint = management_endpoint(request.get("domainName"), request.get("stage"))
+            if endpoint:
+                payload["endpoint"] = endpoint
+            _, body = run_internal(service, "connect", payload, invocation=Invocation(principal="apigateway:$connect"))
             if body["connection"]["status"] != CONNECTED:
                 # The per-user cap found this connection among the user's oldest (a same-second
                 # tie, or a skewed clock): refusing the handshake closes it, as eviction would.

@@ -210,6 +210,9 @@ def record_sweep(result: Any) -> None:
             "SweepWritesFailed": (result.failed, "Count"),
             "SweepDuration": (result.duration_ms, "Milliseconds"),
             "SweepIncomplete": (0 if result.complete else 1, "Count"),
+            "GoneConnections": (result.gone, "Count"),
+            "ReconciledConnections": (result.reconciled, "Count"),
+            "UnreconciledConnections": (result.unreconciled, "Count"),
         }
     )
 
@@ -217,6 +220,11 @@ def record_sweep(result: Any) -> None:
 def record_evictions(count: int) -> None:
     """Connections the per-user cap DISCONNECTED on a registration."""
     emit_metrics({"ConnectionsEvicted": (count, "Count")})
+
+
+def record_sockets_not_closed(count: int) -> None:
+    """Admin disconnects whose socket API Gateway could not be made to close (the rows are marked)."""
+    emit_metrics({"SocketsNotClosed": (count, "Count")})
 
 
 def record_active_connections(count: int) -> None:

@@ -12,8 +12,8 @@ import msgspec
 
 from connection_manager import schemas as s
 from connection_manager.errors import ConnectionManagerError, ValidationError
-from connection_manager.observability import audit, record_evictions, record_sweep
-from connection_manager.service import ConnectionFilter, ConnectionService, Evicted, TimeLeft
+from connection_manager.observability import audit, record_evictions, record_sockets_not_closed, record_sweep
+from connection_manager.service import DISCONNECTED, ConnectionFilter, ConnectionService, Registration, TimeLeft
 from models.connection import DisconnectReason
 
 log = logging.getLogger(__name__)
@@ -57,24 +57,40 @@ def connection_filter(p: s.GetAllConnections) -> ConnectionFilter | None:
 
 
 def _register(svc: ConnectionService, p: s.RegisterConnection, _: Invocation) -> Result:
-    registration = svc.connect(p.connectionId, p.userId, p.metadata)
+    return _registered(svc.connect(p.connectionId, p.userId, p.metadata))
+
+
+def _connect(svc: ConnectionService, p: s.ClientConnect, _: Invocation) -> Result:
+    return _registered(svc.connect(p.connectionId, p.userId, p.metadata, p.endpoint))
+
+
+def _registered(registration: Registration) -> Result:
     body: Body = {"connection": registration.record}
     if registration.evicted:
         record_evictions(len(registration.evicted))
-        close_evicted(registration.evicted)
         # Ids only: the stored endpoints are internal.
         body["evictedConnectionIds"] = [item.connection_id for item in registration.evicted]
-    return (201 if registration.created else 200), body
+    return (201 if registration.created else 200), _with_not_closed(body, registration.not_closed)
 
 
-def close_evicted(evicted: tuple[Evicted, ...]) -> None:
-    """Close the sockets of connections the per-user cap evicted: the seam to the gateway.
+def _update_status(svc: ConnectionService, p: s.UpdateConnectionStatus, _: Invocation) -> Result:
+    if p.status != DISCONNECTED:
+        return 200, {"connection": svc.update_connection_status(p.connectionId, p.status)}
+    record, not_closed = svc.admin_disconnect(p.connectionId)
+    return 200, _with_not_closed({"connection": record}, not_closed)
 
-    Their rows are DISCONNECTED (reason ``evicted``) already; the socket stays open at API
-    Gateway until a DeleteConnection closes it, which the gateway client does from here.
-    Without one, the ids are logged, and the client's next message finds its row gone.
-    """
-    log.info("evicted by the per-user cap: %s", ", ".join(item.connection_id for item in evicted))
+
+def _disconnect_user(svc: ConnectionService, p: s.DisconnectUser, _: Invocation) -> Result:
+    outcome = svc.admin_disconnect_user(p.userId)
+    return 200, _with_not_closed({"disconnectedCount": outcome.disconnected}, outcome.not_closed)
+
+
+def _with_not_closed(body: Body, not_closed: int) -> Body:
+    """The contract's body as it was, plus ``notClosedCount`` only when a socket stayed open."""
+    if not_closed:
+        record_sockets_not_closed(not_closed)
+        body["notClosedCount"] = not_closed
+    return body
 
 
 def _cleanup(svc: ConnectionService, p: s.CleanupStaleConnections, inv: Invocation) -> Result:
@@ -133,7 +149,7 @@ OPERATIONS: dict[str, Operation] = {
         Operation(
             "update_connection_status",
             s.UpdateConnectionStatus,
-            lambda svc, p, _: (200, {"connection": svc.update_connection_status(p.connectionId, p.status)}),
+            _update_status,
             True,
             "Set a connection's status; a missing connection is a 404 and nothing is created.",
         ),
@@ -155,7 +171,7 @@ OPERATIONS: dict[str, Operation] = {
         Operation(
             "disconnect_user",
             s.DisconnectUser,
-            lambda svc, p, _: (200, {"disconnectedCount": svc.disconnect_user(p.userId)}),
+            _disconnect_user,
             True,
             "Disconnect every CONNECTED connection of a user (reason admin).",
         ),
@@ -229,6 +245,16 @@ INTERNAL_OPERATIONS: dict[str, Operation] = {
     )
 }
 
+#: A WebSocket $connect is a registration, audited as one, whose schema adds the management
+#: endpoint that only API Gateway's event can give.
+INTERNAL_OPERATIONS["connect"] = Operation(
+    "register_connection",
+    s.ClientConnect,
+    _connect,
+    True,
+    "Record a new CONNECTED connection from a WebSocket $connect, with its management endpoint.",
+)
+
 #: Heartbeats are state changes but arrive at message rate; auditing each would drown the log.
 _NOT_AUDITED = frozenset({"heartbeat", "activity"})
 
@@ -278,7 +304,7 @@ def _audit_details(name: str, body: Body) -> dict[str, Any]:
     if name == "cleanup_stale_connections":
         return {key: body.get(key) for key in ("cleanedCount", "lifetimeCount", "dryRun")}
     if name == "disconnect_user":
-        return {"disconnectedCount": body.get("disconnectedCount")}
+        return {key: body[key] for key in ("disconnectedCount", "notClosedCount") if key in body}
     if name in ("disconnect", "create_table"):
         return {key: body.get(key) for key in ("changed", "created") if key in body}
     if name in ("reindex", "seed", "migrate"):
@@ -286,5 +312,6 @@ def _audit_details(name: str, body: Body) -> dict[str, Any]:
     if name == "register_connection" and "evictedConnectionIds" in body:
         return {"evictedConnectionIds": body["evictedConnectionIds"]}
     if name == "update_connection_status":
-        return {"status": body.get("connection", {}).get("status")}
+        details = {"status": body.get("connection", {}).get("status")}
+        return details | ({"notClosedCount": body["notClosedCount"]} if "notClosedCount" in body else {})
     return {}

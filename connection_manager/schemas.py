@@ -244,6 +244,13 @@ class RegisterConnection(Params):
             _check_metadata(self.metadata)
 
 
+class ClientConnect(RegisterConnection):
+    """A WebSocket ``$connect``: a registration plus the socket's management endpoint, which only
+    API Gateway's event can give (no raw action can name one)."""
+
+    endpoint: Annotated[str, Meta(max_length=2048)] | None = None
+
+
 class Heartbeat(GetConnection):
     pass
 
@@ -295,7 +302,7 @@ class ConnectionRecord(Struct, omit_defaults=True):
     lastActiveAt: Timestamp | None = None
     updatedAt: Timestamp | None = None
     disconnectedAt: Timestamp | None = None
-    disconnectReason: Literal["client", "stale", "admin", "lifetime", "evicted"] | None = None
+    disconnectReason: Literal["client", "stale", "admin", "gone", "lifetime", "evicted"] | None = None
     metadata: dict[str, Any] | None = None
 
 
@@ -312,6 +319,21 @@ class ConnectionEnvelope(Struct):
     connection: ConnectionRecord
 
 
+NotClosed = Annotated[
+    int,
+    Meta(
+        ge=1,
+        description="Present when API Gateway could not be made to close this many of the sockets (unreachable "
+        "or refusing after retries); the connections are DISCONNECTED all the same. Repeating the request retries.",
+    ),
+]
+
+
+class StatusChangeResult(Struct, omit_defaults=True):
+    connection: ConnectionRecord
+    notClosedCount: NotClosed | None = None
+
+
 class CleanupResult(Struct, omit_defaults=True):
     message: str
     cleanedCount: int
@@ -321,6 +343,12 @@ class CleanupResult(Struct, omit_defaults=True):
     skippedCount: int
     failedCount: int
     repairedCount: int
+    goneCount: Annotated[int, Meta(description="Connections API Gateway answered 410 Gone for: DISCONNECTED with "
+                                   "reason `gone` (counted in cleanedCount too).")]
+    reconciledCount: Annotated[int, Meta(description="Idle-looking connections API Gateway reported active: kept "
+                                         "CONNECTED with the gateway's lastActiveAt.")]
+    unreconciledCount: Annotated[int, Meta(description="Connections the gateway could not be asked about "
+                                           "(unreachable after retries): swept as before.")]
     staleAfterSeconds: int
     cutoff: Timestamp
     durationMs: int
@@ -328,8 +356,9 @@ class CleanupResult(Struct, omit_defaults=True):
     activeConnections: int | None = None
 
 
-class DisconnectResult(Struct):
+class DisconnectResult(Struct, omit_defaults=True):
     disconnectedCount: int
+    notClosedCount: NotClosed | None = None
 
 
 class IdleBin(Struct, rename="camel"):

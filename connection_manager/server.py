@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import sys
 import threading
 from contextlib import contextmanager
@@ -104,10 +105,37 @@ class EmbeddedDynamo:
         self._server.stop()
 
 
+#: A loopback port bound and never listened on: connecting to it is refused at once. Held
+#: for the life of the process so nothing else can take it.
+_closed_port: socket.socket | None = None
+
+
+def closed_local_url() -> str:
+    """An address on loopback that refuses every connection (see ``_closed_port``)."""
+    global _closed_port
+    if _closed_port is None:
+        _closed_port = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        _closed_port.bind(("127.0.0.1", 0))
+    return f"http://127.0.0.1:{_closed_port.getsockname()[1]}"
+
+
+def _is_loopback(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1")
+
+
 def point_at(url: str, environ: Any = None) -> None:
-    """Aim botocore at ``url`` with dummy credentials; must run before the service is built."""
+    """Aim botocore at ``url`` with dummy credentials; must run before the service is built.
+
+    The demo has no WebSocket API: API Gateway calls (none for demo rows, which store no
+    endpoint) go to a local stand-in the caller chose, else to a closed loopback port,
+    never to a real ``execute-api`` host.
+    """
     env = os.environ if environ is None else environ
     env["AWS_ENDPOINT_URL_DYNAMODB"] = url
+    if not _is_loopback(env.get("AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI", "")):
+        env["AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI"] = closed_local_url()
     # Dummy values on purpose: they keep a developer's real credentials out of the demo.
     env["AWS_ACCESS_KEY_ID"] = "embedded"
     env["AWS_SECRET_ACCESS_KEY"] = "embedded"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import uuid
 from datetime import datetime, timedelta
@@ -29,6 +30,7 @@ from connection_manager.errors import (
     UnavailableError,
     ValidationError,
 )
+from connection_manager.gateway import GONE, UNREACHABLE, Alive, Gateway
 from connection_manager.platform_stats import PlatformStats
 from connection_manager.records import UNKNOWN_TIME, to_record
 from connection_manager.schemas import ConnectionList, Stats
@@ -81,6 +83,9 @@ WRITTEN = "written"  # the stored time was older than the interval: moved to now
 REMEMBERED = "remembered"  # this process knew it was recent: no request at all
 CURRENT = "current"  # the table said it was recent (a failed condition, 1 write unit)
 NOT_CONNECTED = "not_connected"  # no such row, or not CONNECTED: nothing changed
+
+#: A stale-looking row API Gateway said was active: it took the gateway's time instead.
+RECONCILED = "reconciled"
 
 
 #: Items a filtered page may read (``sourceIp``, ``userAgent``: filter expressions, so
@@ -148,6 +153,12 @@ class SweepResult(msgspec.Struct, frozen=True):
     lifetime_cutoff: datetime
     duration_ms: int
     max_in_flight: int
+    #: Rows API Gateway answered 410 for: DISCONNECTED with reason ``gone`` (part of ``cleaned``).
+    gone: int = 0
+    #: Stale-looking rows the gateway said were active: kept CONNECTED with the gateway's time.
+    reconciled: int = 0
+    #: Rows with an endpoint the gateway could not be asked about: swept as before.
+    unreconciled: int = 0
 
     def to_body(self) -> dict[str, Any]:
         return {
@@ -160,6 +171,9 @@ class SweepResult(msgspec.Struct, frozen=True):
             "skippedCount": self.skipped,
             "failedCount": self.failed,
             "repairedCount": self.repaired,
+            "goneCount": self.gone,
+            "reconciledCount": self.reconciled,
+            "unreconciledCount": self.unreconciled,
             "staleAfterSeconds": self.stale_after_seconds,
             "cutoff": format_timestamp(self.cutoff),
             "lifetimeCutoff": format_timestamp(self.lifetime_cutoff),
@@ -181,8 +195,9 @@ class Registration(msgspec.Struct, frozen=True):
     record: dict[str, Any]
     created: bool
     #: Connections of the user DISCONNECTED (reason ``evicted``) by this registration; their
-    #: sockets are still open at the gateway until the caller closes them.
+    #: sockets were closed at the gateway (those it could not close are counted below).
     evicted: tuple[Evicted, ...] = ()
+    not_closed: int = 0
 
 
 def new_connection_row(
@@ -191,6 +206,7 @@ def new_connection_row(
     now: datetime,
     metadata: dict[str, Any] | None = None,
     model: type[ConnectionModel] = ConnectionModel,
+    endpoint: str | None = None,
 ) -> ConnectionModel:
     """A fresh CONNECTED row, in the sparse index from its first write."""
     return model(
@@ -204,7 +220,47 @@ def new_connection_row(
         active_shard=shard_for(connection_id, model),
         active_bucket=activity_bucket(now),
         live_since=epoch_seconds(now),
+        gateway_endpoint=endpoint,
     )
+
+
+class AdminDisconnect(msgspec.Struct, frozen=True):
+    """What an admin disconnect did: rows marked, and sockets API Gateway could not be made to close."""
+
+    disconnected: int
+    not_closed: int
+
+
+class _Tally:
+    """Counts shared by the threads of one bulk operation."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.counts: dict[str, int] = {}
+
+    def add(self, name: str) -> None:
+        with self._lock:
+            self.counts[name] = self.counts.get(name, 0) + 1
+
+    def __getitem__(self, name: str) -> int:
+        return self.counts.get(name, 0)
+
+
+class _Candidate:
+    """A row the sweep may mark: its id and stored endpoint (printed as the id alone in failures)."""
+
+    __slots__ = ("connection_id", "endpoint")
+
+    def __init__(self, connection_id: str, endpoint: str | None) -> None:
+        self.connection_id = connection_id
+        self.endpoint = endpoint
+
+    def __str__(self) -> str:
+        return self.connection_id
+
+
+#: Reasons whose socket is known to be closed already: no DeleteConnection is sent for them.
+_SOCKET_CLOSED = frozenset({DisconnectReason.CLIENT.value, DisconnectReason.GONE.value})
 
 
 class ConnectionService:
@@ -217,7 +273,11 @@ class ConnectionService:
     """
 
     def __init__(
-        self, settings: Settings, clock: Clock = utc_now, model: type[ConnectionModel] | None = None
+        self,
+        settings: Settings,
+        clock: Clock = utc_now,
+        model: type[ConnectionModel] | None = None,
+        gateway: Gateway | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -225,6 +285,8 @@ class ConnectionService:
         self.activity = ActivityMemory(settings.activity_memory_size)
         #: Live counters, snapshot and sweep history, in the same table under reserved keys.
         self.platform = PlatformStats(self.model, settings.sweep_concurrency)
+        # Building it costs nothing: boto3 is imported on the first gateway call.
+        self.gateway = gateway if gateway is not None else Gateway(settings)
 
     @cached_property
     def _tokens(self) -> TokenCodec:
@@ -557,15 +619,19 @@ class ConnectionService:
     # Writes -----------------------------------------------------------------------------
 
     def register_connection(
-        self, connection_id: str, user_id: str, metadata: dict[str, Any] | None = None
+        self,
+        connection_id: str,
+        user_id: str,
+        metadata: dict[str, Any] | None = None,
+        endpoint: str | None = None,
     ) -> tuple[dict[str, Any], bool]:
         """Create a CONNECTED row. Returns ``(record, created)``.
 
         Repeating the same registration (same id and user, still CONNECTED) is a retry whose
         answer was lost and returns the stored row with ``created=False``; any other existing
-        id is a conflict.
+        id is a conflict. ``endpoint`` is the socket's management endpoint (``$connect`` only).
         """
-        row = new_connection_row(connection_id, user_id, self.clock(), metadata, self.model)
+        row = new_connection_row(connection_id, user_id, self.clock(), metadata, self.model, endpoint)
         try:
             with dynamo_errors("register_connection"):
                 row.save(condition=ConnectionModel.connection_id.does_not_exist())
@@ -584,14 +650,21 @@ class ConnectionService:
             + (" for another user" if existing.user_id != user_id else f" and is {existing.status}")
         )
 
-    def connect(self, connection_id: str, user_id: str, metadata: dict[str, Any] | None = None) -> Registration:
+    def connect(
+        self,
+        connection_id: str,
+        user_id: str,
+        metadata: dict[str, Any] | None = None,
+        endpoint: str | None = None,
+    ) -> Registration:
         """Register a connection, then hold its user to ``MAX_CONNECTIONS_PER_USER``.
 
         The registration is :meth:`register_connection`; the cap runs after it, a retry
-        included (the first attempt may have stopped before its cap ran). The rows evicted
-        are returned so that the caller can close their sockets at the gateway.
+        included (the first attempt may have stopped before its cap ran). The evicted rows'
+        sockets are closed at the gateway, concurrently; the new connection itself, when a
+        tie made it the oldest, is refused by its ``$connect`` instead.
         """
-        record, created = self.register_connection(connection_id, user_id, metadata)
+        record, created = self.register_connection(connection_id, user_id, metadata, endpoint)
         cap = self.settings.max_connections_per_user
         if not cap:
             return Registration(record, created)
@@ -599,7 +672,14 @@ class ConnectionService:
         for row in evicted:
             if row.connection_id == connection_id:
                 record = to_record(row)  # it was the oldest after all: say so
-        return Registration(record, created, tuple(Evicted(row.connection_id, _stored_endpoint(row)) for row in evicted))
+        others = [row for row in evicted if row.connection_id != connection_id]
+        not_closed = sum(not closed for closed in self._fan_out(others, self._close_socket)) if others else 0
+        return Registration(
+            record,
+            created,
+            tuple(Evicted(row.connection_id, row.gateway_endpoint) for row in evicted),
+            not_closed,
+        )
 
     def _hold_user_to_cap(
         self, user_id: str, cap: int, registered_id: str, registered_at: datetime
@@ -710,8 +790,7 @@ class ConnectionService:
     def update_connection_status(self, connection_id: str, status: str) -> dict[str, Any]:
         """Set a status. Setting the status a row already has changes nothing and returns it."""
         if status == DISCONNECTED:
-            row = self._disconnect_if_connected(connection_id, DisconnectReason.ADMIN)
-            return to_record(row) if row is not None else self.get_connection(connection_id)  # unchanged, or 404
+            return self.admin_disconnect(connection_id)[0]
         now = self.clock()
         row = self.model(connection_id)
         actions = [
@@ -738,8 +817,42 @@ class ConnectionService:
         row = self._disconnect_if_connected(connection_id, reason)
         return to_record(row) if row is not None else None
 
+    def admin_disconnect(self, connection_id: str) -> tuple[dict[str, Any], int]:
+        """Mark one connection DISCONNECTED (reason ``admin``) and close its socket at API Gateway.
+
+        Returns ``(record, sockets not closed)``. The row is marked whatever the gateway does.
+        A row already DISCONNECTED by an admin, the sweep or another tool has its close sent
+        again (410 Gone is success), so repeating the request retries a close that failed;
+        rows whose socket is known closed (``client``, ``gone``) are left alone. 404 if absent.
+        """
+        row = self._disconnect_if_connected(connection_id, DisconnectReason.ADMIN)
+        if row is None:
+            row = self._get(connection_id)  # unchanged, or 404
+            if row.status == CONNECTED or row.disconnect_reason in _SOCKET_CLOSED:
+                return to_record(row), 0
+        return to_record(row), 0 if self._close_socket(row) else 1
+
     def disconnect_user(self, user_id: str) -> int:
         """Disconnect every live connection of a user (reason ``admin``); returns how many."""
+        return self.admin_disconnect_user(user_id).disconnected
+
+    def admin_disconnect_user(self, user_id: str) -> AdminDisconnect:
+        """Disconnect every live connection of a user (reason ``admin``) and close their sockets.
+
+        Each connection's row write and then its DeleteConnection run in one task of the
+        bounded writer, so a user with thousands of sockets is closed ``sweep_concurrency``
+        at a time, never one by one and never all at once.
+        """
+        not_closed = _Tally()
+
+        def disconnect(connection_id: str) -> str:
+            row = self._disconnect_if_connected(connection_id, DisconnectReason.ADMIN)
+            if row is None:
+                return SKIPPED
+            if not self._close_socket(row):
+                not_closed.add("socket")
+            return APPLIED
+
         with dynamo_errors("disconnect_user"):
             ids = (
                 row.connection_id
@@ -747,13 +860,19 @@ class ConnectionService:
                     user_id, range_key_condition=ConnectionModel.status == CONNECTED, attributes_to_get=["connectionId"]
                 )
             )
-            outcome = self._write_all(ids, lambda cid: self._disconnect_outcome(cid, DisconnectReason.ADMIN))
+            outcome = self._write_all(ids, disconnect)
         if outcome.failed:
             raise UnavailableError(
                 f"{outcome.failed} of the user's connections could not be disconnected after retries "
                 f"({outcome.applied} were); try again"
             )
-        return outcome.applied
+        return AdminDisconnect(outcome.applied, not_closed["socket"])
+
+    def _close_socket(self, row: ConnectionModel) -> bool:
+        """DeleteConnection for a row with a stored endpoint; True when closed, already gone, or none is known."""
+        if not row.gateway_endpoint:
+            return True  # written by another tool: handled as before
+        return self.gateway.close(row.gateway_endpoint, row.connection_id)
 
     def cleanup_stale_connections(
         self,
@@ -770,6 +889,9 @@ class ConnectionService:
         and API Gateway has closed them already, so the stale pass need not look at them.
         Each write re-checks its condition, so a heartbeat that lands mid-sweep wins over
         ``stale`` (never over ``lifetime``, which activity does not change).
+
+        A stale-looking row with a stored endpoint is first asked about at API Gateway, in the
+        same bounded task as its write (see :meth:`_sweep_candidate`). A dry run asks nothing.
         """
         started = time.monotonic()
         now = self.clock()
@@ -821,7 +943,10 @@ class ConnectionService:
             for row in guarded(
                 lambda failures: self._index_rows(
                     self.model.live_index,
-                    attributes=["connectionId", "activeShard", "activeBucket", "lastActiveAt", "status", "liveSince"],
+                    attributes=[
+                        "connectionId", "activeShard", "activeBucket", "lastActiveAt", "status", "liveSince",
+                        "gatewayEndpoint",
+                    ],
                     range_key_condition=ConnectionModel.active_bucket <= activity_bucket(cutoff),
                     filter_condition=ConnectionModel.last_active_at < cutoff,
                     page_size=SWEEP_PAGE_SIZE,
@@ -832,6 +957,7 @@ class ConnectionService:
                 if row.live_since is None or row.live_since >= born_before:
                     yield row
 
+        tally = _Tally()
         with dynamo_errors("cleanup_stale_connections"):
             if dry_run:
                 lifetime_outcome = stale_outcome = None
@@ -861,8 +987,8 @@ class ConnectionService:
                 stale_outcome = BulkOutcome(stopped=True)
                 if not lifetime_outcome.stopped:
                     stale_outcome = self._write_all(
-                        (row.connection_id for row in stale()),
-                        lambda cid: self._sweep_one(cid, cutoff),
+                        (_Candidate(row.connection_id, row.gateway_endpoint) for row in stale()),
+                        lambda candidate: self._sweep_candidate(candidate, cutoff, tally),
                         stop=out_of_time,
                     )
                 stopped = stale_outcome.stopped
@@ -885,7 +1011,8 @@ class ConnectionService:
             cleaned=stale_count,
             lifetime=lifetime_count,
             scanned=scanned,
-            skipped=sum(outcome.skipped for outcome in outcomes),
+            # Reconciled rows were written (their time moved) but not marked: not "skipped".
+            skipped=sum(outcome.skipped for outcome in outcomes) - tally[RECONCILED],
             failed=failed,
             repaired=sum(outcome.repaired for outcome in outcomes),
             # Rows whose write failed are still there to sweep: more remains for the next run.
@@ -896,6 +1023,9 @@ class ConnectionService:
             lifetime_cutoff=lifetime_cutoff,
             duration_ms=int((time.monotonic() - started) * 1000),
             max_in_flight=max((outcome.max_in_flight for outcome in outcomes), default=0),
+            gone=tally[GONE],
+            reconciled=tally[RECONCILED],
+            unreconciled=tally[UNREACHABLE],
         )
         failures = [failure for outcome in outcomes for failure in outcome.failures]
         if failures:
@@ -985,6 +1115,40 @@ class ConnectionService:
 
     def _disconnect_outcome(self, connection_id: str, reason: DisconnectReason) -> str:
         return APPLIED if self._disconnect_if_connected(connection_id, reason) is not None else SKIPPED
+
+    def _sweep_candidate(self, candidate: _Candidate, cutoff: datetime, tally: _Tally) -> str:
+        """Ask API Gateway about a stale-looking row before marking it (rows without an endpoint: as before).
+
+        410 -> DISCONNECTED, reason ``gone``. Alive with activity after the cutoff (a client
+        that only receives sends us no messages, yet its socket is in use) -> the row takes
+        the gateway's time and stays CONNECTED. Alive but idle too, or no answer -> stale.
+        """
+        connection_id = candidate.connection_id
+        if candidate.endpoint:
+            answer = self.gateway.probe(candidate.endpoint, connection_id)
+            if answer == GONE:
+                outcome = self._disconnect_outcome(connection_id, DisconnectReason.GONE)
+                if outcome == APPLIED:
+                    tally.add(GONE)
+                return outcome
+            if isinstance(answer, Alive):
+                active = answer.last_active_at or answer.connected_at
+                if active is not None and active >= cutoff:
+                    if self._take_gateway_time(connection_id, min(active, self.clock())):
+                        tally.add(RECONCILED)
+                    return SKIPPED
+            else:
+                tally.add(UNREACHABLE)
+        return self._sweep_one(connection_id, cutoff)
+
+    def _take_gateway_time(self, connection_id: str, active: datetime) -> bool:
+        """Move ``lastActiveAt`` forward to the gateway's time; never back (a heartbeat may be newer)."""
+        row = self.model(connection_id)
+        condition = (ConnectionModel.status == CONNECTED) & (
+            ConnectionModel.last_active_at.does_not_exist() | (ConnectionModel.last_active_at < active)
+        )
+        actions = [ConnectionModel.last_active_at.set(active), *_live_index_actions(connection_id, active, self.model)]
+        return self._conditional_update(row, actions, condition, "sweep reconcile")
 
     def _sweep_one(self, connection_id: str, cutoff: datetime) -> str:
         """Mark one row stale if it still is; take a DISCONNECTED row met in the index out of it."""
@@ -1093,11 +1257,6 @@ class ConnectionService:
 
 def _new_write_id() -> str:
     return uuid.uuid4().hex
-
-
-def _stored_endpoint(row: ConnectionModel) -> str | None:
-    """The management endpoint ``$connect`` stored with the row, if the model has one and the row holds it."""
-    return getattr(row, "endpoint", None)
 
 
 def _live_index_actions(connection_id: str, now: datetime, model: type[ConnectionModel]) -> list[Any]:

@@ -64,6 +64,8 @@ class DisconnectReason(StrEnum):
     LIFETIME = "lifetime"
     #: Among a user's oldest beyond ``MAX_CONNECTIONS_PER_USER``.
     EVICTED = "evicted"
+    #: API Gateway answered 410 Gone: the socket closed without a ``$disconnect`` reaching us.
+    GONE = "gone"
 
 
 def format_timestamp(value: datetime) -> str:
@@ -236,6 +238,10 @@ class ConnectionModel(Model):
     #: Kept after a disconnect: leaving ``activeShard`` out already takes the row out of the
     #: index, and a row set CONNECTED again comes back with its own age.
     live_since = NumberAttribute(null=True, attr_name="liveSince")
+    #: API Gateway's management endpoint for this socket (``https://{domainName}/{stage}``),
+    #: stored at ``$connect``: where DeleteConnection and GetConnection go. Internal; never
+    #: in a response. Rows written by other tools have none and are handled as before.
+    gateway_endpoint = UnicodeAttribute(null=True, attr_name="gatewayEndpoint")
 
     user_index = UserIdIndex()
     live_index = LiveIndex()

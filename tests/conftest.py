@@ -8,6 +8,7 @@ Amazon DynamoDB Local (one JVM per test run, started only when such a test is se
 """
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 
 import pytest
@@ -15,6 +16,7 @@ import pytest
 from tests.support.dynamo_proxy import DynamoProxy
 from tests.support.dynamodb_local import DynamoDBLocal
 from tests.support.engines import DYNAMODB_LOCAL, ENGINES, MOTO, Engine
+from tests.support.gateway_standin import GatewayStandIn
 from tests.support.moto_server import MotoServer
 
 # Environment that could point boto3 somewhere other than the local fakes.
@@ -39,9 +41,27 @@ _AWS_ENV_TO_CLEAR = (
 # --- environment --------------------------------------------------------------------
 
 
+@pytest.fixture(scope="session")
+def closed_gateway_url() -> Iterator[str]:
+    """A loopback address that refuses connections at once: a port bound but never listened on.
+
+    Held for the whole run, so no other process can take the port and answer on it.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{held.getsockname()[1]}"
+
+
 @pytest.fixture(autouse=True)
-def aws_test_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Dummy credentials and region; no shared config or credentials file is read."""
+def aws_test_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory, closed_gateway_url: str
+) -> None:
+    """Dummy credentials and region; no shared config or credentials file is read.
+
+    Every API Gateway ``@connections`` call goes to a closed loopback port unless a test
+    points it at the stand-in: rows registered from ``$connect`` events store real
+    ``*.execute-api.*`` endpoints, and no test may ever reach one.
+    """
     for name in _AWS_ENV_TO_CLEAR:
         monkeypatch.delenv(name, raising=False)
     empty = tmp_path_factory.getbasetemp() / "no-aws-config"
@@ -54,6 +74,14 @@ def aws_test_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pyte
     # The instance metadata service is an AWS endpoint too; never wait for it.
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI", closed_gateway_url)
+
+
+@pytest.fixture
+def standin() -> Iterator[GatewayStandIn]:
+    """A fresh stand-in of API Gateway's ``@connections`` API on a free loopback port."""
+    with GatewayStandIn() as server:
+        yield server
 
 
 # --- wire-level DynamoDB: a real moto server and a proxy in front of it -------------

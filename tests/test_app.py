@@ -496,7 +496,7 @@ def test_errors__unexpected_exception_is_a_generic_500(
 def test_errors__unexpected_exception_in_a_change_is_audited(
     client: FlaskClient, service: ConnectionService, monkeypatch: pytest.MonkeyPatch, audits: Audits
 ) -> None:
-    monkeypatch.setattr(service, "disconnect_user", lambda user_id: 1 / 0)
+    monkeypatch.setattr(service, "admin_disconnect_user", lambda user_id: 1 / 0)
     response = client.post("/users/alice/disconnect")
     assert response.status_code == 500
     assert [a["outcome"] for a in audits()] == ["error:InternalError"]

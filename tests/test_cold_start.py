@@ -1,4 +1,4 @@
-"""A raw-action or scheduled invocation loads nothing it does not use: no Flask, no Zappa.
+"""A raw-action or scheduled invocation loads nothing it does not use: no Flask, no Zappa, no boto3.
 
 Each check runs in a fresh interpreter, because in this test process other tests have
 long since imported the Flask app. The child talks to the session's moto server over
@@ -19,6 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: Loaded only for HTTP requests (the admin app) or Zappa's own commands.
 HTTP_ONLY = ("flask", "werkzeug", "jinja2", "click", "zappa", "connection_manager.app", "connection_manager.api")
+#: boto3 (the runtime's, for API Gateway's @connections API) loads on the first gateway call only;
+#: these invocations make none (no row has a management endpoint). botocore is PynamoDB's own.
+GATEWAY_ONLY = ("boto3",)
 
 CHILD = r"""
 import json, sys
@@ -73,7 +76,7 @@ def run_child(endpoint: str, tmp_path: Path) -> dict[str, list]:
         }
     )
     script = tmp_path / "child.py"
-    script.write_text(f"HTTP_ONLY = {HTTP_ONLY!r}\n" + CHILD)
+    script.write_text(f"HTTP_ONLY = {HTTP_ONLY + GATEWAY_ONLY!r}\n" + CHILD)
     done = subprocess.run(
         [sys.executable, str(script)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )

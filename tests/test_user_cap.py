@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-import connection_manager.operations as operations
 from connection_manager.config import Settings
 from connection_manager.errors import UnavailableError
 from connection_manager.handler import lambda_handler
@@ -147,19 +146,22 @@ def test_connect__eviction_write_fails__registration_still_succeeds(service, mak
     assert "could not evict a of user u1" in caplog.text
 
 
-def test_websocket_connect__evicted_sockets_are_handed_to_the_gateway_seam(handler_service, clock, monkeypatch):
-    closed: list[tuple[Evicted, ...]] = []
-    monkeypatch.setattr(operations, "close_evicted", closed.append)
+def test_websocket_connect__evicted_sockets_are_closed_at_the_gateway(handler_service, gateway, clock):
+    # Given a user at the cap of 2, whose first socket is open at API Gateway
+    gateway.open("c1", NOW)
     connect("c1", "u1")
     clock.advance(seconds=1)
     connect("c2", "u1")
     clock.advance(seconds=1)
 
+    # When a third connection arrives
     response = connect("c3", "u1")
 
+    # Then the oldest is evicted and its socket closed with DeleteConnection
     assert response == {"statusCode": 200}
-    assert closed == [(Evicted("c1", None),)]
     assert raw_item("c1")["disconnectReason"] == "evicted"
+    assert [(c.method, c.connection_id) for c in gateway.calls] == [("DELETE", "c1")]
+    assert not gateway.is_open("c1")
 
 
 def test_register_connection_action__answers_the_evicted_ids_not_their_endpoints(handler_service, clock):

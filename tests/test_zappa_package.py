@@ -452,14 +452,21 @@ def test_settings__least_privilege_role(zappa_cli: Any) -> None:
             assert "*" not in action, action
             granted.setdefault(action, set()).update(resources)
     assert set(granted) == {
-        "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DescribeTable", "dynamodb:Query",
-        "dynamodb:BatchGetItem", "logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "lambda:InvokeFunction",
+        "dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:UpdateItem",
+        "dynamodb:DescribeTable", "dynamodb:Query",
+        "logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "lambda:InvokeFunction",
+        "execute-api:ManageConnections",
     }
     table_arn = f"arn:aws:dynamodb:*:*:table/{table}"
-    for action in (
-        "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DescribeTable", "dynamodb:BatchGetItem"
-    ):
+    for action in ("dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:UpdateItem",
+                   "dynamodb:DescribeTable"):
         assert granted[action] == {table_arn}
+    # Only the WebSocket API and stage the settings name, and only the calls made (tests/test_gateway.py).
+    api_id = zappa_cli.aws_environment_variables["WEBSOCKET_API_ID"]
+    ws_stage = zappa_cli.aws_environment_variables["WEBSOCKET_STAGE"]
+    assert granted["execute-api:ManageConnections"] == {
+        f"arn:aws:execute-api:*:*:{api_id}/{ws_stage}/{method}/@connections/*" for method in ("DELETE", "GET")
+    }
     assert granted["dynamodb:Query"] == {f"{table_arn}/index/*"}
     log_group = f"arn:aws:logs:*:*:log-group:/aws/lambda/{zappa_cli.lambda_name}"
     assert granted["logs:PutLogEvents"] == {log_group, f"{log_group}:*"}

@@ -8,6 +8,7 @@ not what the service believes it stored.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -22,17 +23,21 @@ from moto import mock_aws
 import connection_manager.wiring as wiring
 from connection_manager.clock import FixedClock
 from connection_manager.config import Settings
+from connection_manager.gateway import Gateway
 from connection_manager.service import ConnectionService, new_connection_row
 from models.platform import is_reserved
 from models.connection import ConnectionModel, format_timestamp
 
 __all__ = [
+    "ENDPOINT",
     "NOW",
     "_mocked_service",
     "TABLE",
     "clock",
     "dynamodb",
     "fresh_handler_service",
+    "gateway",
+    "sleeps",
     "handler_service",
     "iso",
     "make_connection",
@@ -175,6 +180,22 @@ def handler_service(service: ConnectionService, monkeypatch: pytest.MonkeyPatch)
     return service
 
 
+@pytest.fixture
+def sleeps() -> list[float]:
+    """Backoff waits the gateway asked for (recorded, never slept)."""
+    return []
+
+
+@pytest.fixture
+def gateway(service: ConnectionService, settings: Settings, standin: Any, sleeps: list[float]) -> Any:
+    """Point the service's gateway at the stand-in (returned), with backoff recorded instead of slept."""
+    service.gateway = Gateway(replace(settings, gateway_endpoint_override=standin.url), sleep=sleeps.append)
+    return standin
+
+
+#: What ``$connect`` stores for the sample events' API: never called, the override wins.
+ENDPOINT = "https://abcdef1234.execute-api.us-east-1.amazonaws.com/production"
+
 MakeConnection = Callable[..., ConnectionModel]
 
 
@@ -196,11 +217,12 @@ def make_connection(dynamodb: Any, clock: FixedClock) -> MakeConnection:
         age: timedelta | None = None,
         reason: str = "client",
         metadata: dict[str, Any] | None = None,
+        endpoint: str | None = None,
     ) -> ConnectionModel:
         connection_id = connection_id or f"conn-{next(counter):05d}"
         last_active = clock() - idle
         created = last_active - (age if age is not None else timedelta(minutes=1))
-        row = new_connection_row(connection_id, user_id, created, metadata)
+        row = new_connection_row(connection_id, user_id, created, metadata, endpoint=endpoint)
         row.last_active_at = last_active
         row.updated_at = last_active
         if status == "DISCONNECTED":
