@@ -177,7 +177,7 @@ API_ROUTES: tuple[Route, ...] = (
     Route(
         "GET", "/users/<key:userId>/connections", "get_user_connections",
         OPERATIONS["get_user_connections"].summary, "users",
-        action="get_user_connections", query=s.Page, response=s.ConnectionList, errors=(503,),
+        action="get_user_connections", query=s.UserPage, response=s.ConnectionList, errors=(503,),
         links=(
             Link("nextPage", "get_user_connections",
                  (("userId", "$request.path.userId"), ("nextToken", "$response.body#/nextToken"))),

@@ -59,6 +59,7 @@ DEV_ONLY = (
     "deploy",
     "docs",
     ".dynamodb-local",
+    "schemathesis.toml",
     "pytest",
     "_pytest",
     "pytest_timeout",

@@ -13,7 +13,7 @@ import msgspec
 from connection_manager import schemas as s
 from connection_manager.errors import ConnectionManagerError, ValidationError
 from connection_manager.observability import audit, record_evictions, record_sockets_not_closed, record_sweep
-from connection_manager.service import DISCONNECTED, ConnectionFilter, ConnectionService, Registration, TimeLeft
+from connection_manager.service import CONNECTED, DISCONNECTED, ConnectionFilter, ConnectionService, Registration, TimeLeft
 from models.connection import DisconnectReason
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class Operation(msgspec.Struct, frozen=True):
 
 def connection_filter(p: s.GetAllConnections) -> ConnectionFilter | None:
     """The listing's filters as the service takes them; None when there are none."""
-    where = ConnectionFilter(p.idleMoreThan, p.sourceIp, p.userAgent, p.userId, p.status)
+    where = ConnectionFilter(p.idleMoreThan, p.sourceIp, p.userAgent, p.userId)
     return None if where == ConnectionFilter() else where
 
 
@@ -128,9 +128,11 @@ OPERATIONS: dict[str, Operation] = {
         Operation(
             "get_user_connections",
             s.GetUserConnections,
-            lambda svc, p, _: (200, svc.get_user_connections(p.userId, p.limit, p.nextToken).to_body()),
+            lambda svc, p, _: (
+                200, svc.get_user_connections(p.userId, p.limit, p.nextToken, p.status or CONNECTED).to_body()
+            ),
             False,
-            "A user's CONNECTED connections.",
+            "A user's CONNECTED connections (status=DISCONNECTED: the user's history).",
         ),
         Operation(
             "get_all_connections",

@@ -151,6 +151,8 @@ class GetUserConnections(Params):
     userId: KeyString
     limit: Limit | None = None
     nextToken: NextToken | None = None
+    #: DISCONNECTED lists the user's history (rows live until their TTL purges them).
+    status: Status | None = None
 
     def __post_init__(self) -> None:
         _check_key("userId", self.userId)
@@ -163,40 +165,45 @@ class Page(Params):
     nextToken: NextToken | None = None
 
 
+class UserPage(Page):
+    """The query string of a user's listing: a page, in one status (CONNECTED by default)."""
+
+    status: Status | None = None
+
+
 MAX_USER_AGENT_FILTER = 512
 
 
 class GetAllConnections(Page):
     """A page of live connections, optionally filtered (each filter narrows the others).
 
-    ``userId`` reads that user's rows from UserIdIndex, and only it takes ``status``
-    (DISCONNECTED: the user's history).
+    ``userId`` reads that user's live rows from UserIdIndex (their history: the user's
+    own listing, ``status=DISCONNECTED``).
     """
 
     idleMoreThan: Annotated[
         int, Meta(ge=0, le=MAX_STALE_AFTER_SECONDS, description="Only connections idle for longer than this many seconds.")
     ] | None = None
-    sourceIp: Annotated[str, Meta(min_length=2, max_length=45, description="Only connections from this IP address.")] | None = None
+    #: Compared as stored: a value that is no IP address matches nothing (a filter, not an input).
+    sourceIp: Annotated[
+        str, Meta(min_length=1, max_length=45, description="Only connections whose stored source IP is exactly this.")
+    ] | None = None
     userAgent: Annotated[
-        str, Meta(min_length=1, max_length=MAX_USER_AGENT_FILTER, description="Only user agents containing this text.")
+        str,
+        Meta(
+            min_length=1,
+            max_length=MAX_USER_AGENT_FILTER,
+            pattern=NOT_BLANK,
+            description="Only user agents containing this text (not blank).",
+        ),
     ] | None = None
     userId: KeyString | None = None
-    status: Status | None = None
 
     def __post_init__(self) -> None:
-        if self.sourceIp is not None:
-            import ipaddress
-
-            try:
-                ipaddress.ip_address(self.sourceIp)
-            except ValueError:
-                raise ValueError(f"`sourceIp` is not an IP address: {self.sourceIp[:64]!r}") from None
-        if self.userAgent is not None and not self.userAgent.strip():
+        if self.userAgent is not None and not _NOT_BLANK.search(self.userAgent):
             raise ValueError("`userAgent` must not be blank")
         if self.userId is not None:
             _check_key("userId", self.userId)
-        if self.status is not None and self.userId is None:
-            raise ValueError("`status` filters a user's connections: give `userId` too")
 
 
 class HistoryQuery(Params):

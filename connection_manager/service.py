@@ -103,7 +103,6 @@ class ConnectionFilter(msgspec.Struct, frozen=True):
     source_ip: str | None = None
     user_agent: str | None = None
     user_id: str | None = None
-    status: str | None = None
 
     @property
     def scope(self) -> str:
@@ -134,8 +133,9 @@ class SweepResult(msgspec.Struct, frozen=True):
     A msgspec Struct rather than a dataclass: a dataclass costs about a millisecond to
     create at import, which every Lambda cold start would pay.
 
-    ``cleaned`` counts rows marked ``stale``, ``lifetime`` rows marked ``lifetime``; the
-    other counts cover both passes.
+    ``cleaned`` counts every row the sweep DISCONNECTED (``cleanedCount``); ``lifetime`` and
+    ``gone`` say how many of them for those reasons, the rest are ``stale``. The other
+    counts cover both passes.
     """
 
     cleaned: int
@@ -429,7 +429,7 @@ class ConnectionService:
         from connection_manager.tokens import Cursor
 
         if where is not None and where.user_id is not None:
-            return self.get_user_connections(where.user_id, limit, next_token, where.status or CONNECTED, where)
+            return self.get_user_connections(where.user_id, limit, next_token, CONNECTED, where)
         if where is not None and where != ConnectionFilter():
             return self._filtered_page(limit or self.settings.default_page_size, next_token, where)
         limit = limit or self.settings.default_page_size
@@ -1008,7 +1008,7 @@ class ConnectionService:
         outcomes = [outcome for outcome in (lifetime_outcome, stale_outcome) if outcome is not None]
         failed = sum(outcome.failed for outcome in outcomes)
         result = SweepResult(
-            cleaned=stale_count,
+            cleaned=stale_count + lifetime_count,
             lifetime=lifetime_count,
             scanned=scanned,
             # Reconciled rows were written (their time moved) but not marked: not "skipped".

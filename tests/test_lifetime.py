@@ -84,7 +84,7 @@ def test_cleanup__rows_past_their_lifetime__disconnected_with_reason_lifetime_wh
     result = service.cleanup_stale_connections()
     body = result.to_body()
 
-    assert body["lifetimeCount"] == 2 and body["cleanedCount"] == 1
+    assert body["lifetimeCount"] == 2 and body["cleanedCount"] == 3  # cleaned: every row marked
     assert body["lifetimeCutoff"] == iso(NOW - timedelta(seconds=LIFETIME))
     assert body["complete"] is True and body["failedCount"] == 0
     for connection_id in ("old-active", "old-idle"):
@@ -117,7 +117,7 @@ def test_cleanup__lifetime_pass__reads_only_the_expired_rows(service, make_conne
     result = service.cleanup_stale_connections()
 
     assert sorted(returned) == ["old-1", "old-2"]  # a range query: the 30 young rows are never read
-    assert result.lifetime == 2 and result.cleaned == 0
+    assert result.lifetime == 2 and result.cleaned == 2
 
 
 def test_cleanup__dry_run__counts_lifetime_rows_and_writes_nothing(service, aged_rows):
@@ -125,7 +125,7 @@ def test_cleanup__dry_run__counts_lifetime_rows_and_writes_nothing(service, aged
 
     body = service.cleanup_stale_connections(dry_run=True).to_body()
 
-    assert body["lifetimeCount"] == 2 and body["cleanedCount"] == 1  # old-idle counted once, as lifetime
+    assert body["lifetimeCount"] == 2 and body["cleanedCount"] == 3  # old-idle counted once, as lifetime
     assert {cid: raw_item(cid) for cid in before} == before
 
 
@@ -173,7 +173,7 @@ def test_cleanup__lifetime_setting__is_read_from_the_environment(monkeypatch, fr
     response = lambda_handler({"action": "cleanup_stale_connections"}, FakeLambdaContext())
 
     assert response["statusCode"] == 200
-    assert response["body"]["lifetimeCount"] == 1 and response["body"]["cleanedCount"] == 0
+    assert response["body"]["lifetimeCount"] == 1 and response["body"]["cleanedCount"] == 1
     assert raw_item("c1")["disconnectReason"] == "lifetime"
 
 

@@ -66,7 +66,9 @@ def run_schemathesis(
             for node in (node for nodes in event.recorder.checks.values() for node in nodes):
                 if node.status == Status.FAILURE:
                     title = node.failure_info.failure.title if node.failure_info else ""
-                    failures.add(f"{event.phase.value}: {label}: {node.name}: {title}")
+                    # The request, so a failure says what to reproduce, not only where.
+                    request = node.failure_info.code_sample[:300] if node.failure_info else ""
+                    failures.add(f"{event.phase.value}: {label}: {node.name}: {title}\n    {request}")
             if event.status == Status.ERROR:
                 failures.add(f"{event.phase.value}: {label}: error")
         elif isinstance(event, events.NonFatalError):

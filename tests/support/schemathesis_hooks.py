@@ -16,12 +16,15 @@ from typing import Any
 
 import schemathesis
 
-#: (operation, path parameters) of a listing -> the tokens its responses carried.
+#: (operation, path parameters and filters) of a listing -> the tokens its responses carried.
 ISSUED: dict[tuple[str, tuple[tuple[str, Any], ...]], set[str]] = {}
 
 
 def _listing(case: Any) -> tuple[str, tuple[tuple[str, Any], ...]]:
-    return case.operation.label, tuple(sorted((case.path_parameters or {}).items()))
+    """A listing is its operation, path and filters: a token is good only for the filters it was issued for."""
+    query = {name: value for name, value in (case.query or {}).items() if name not in ("limit", "nextToken")}
+    parameters = {**(case.path_parameters or {}), **{f"?{name}": value for name, value in query.items()}}
+    return case.operation.label, tuple(sorted((name, str(value)) for name, value in parameters.items()))
 
 
 @schemathesis.hook
