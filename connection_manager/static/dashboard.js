@@ -489,7 +489,7 @@
     const asOf = parseTime(stats && stats.asOf);
     const when = asOf === null ? "" : ` · as of ${shortTimeFormat.format(new Date(asOf))}`;
     els.idleNote.textContent = `live connections${when}`;
-    els.topUsersNote.textContent = `by live connections${when}`;
+    els.topUsersNote.textContent = asOf === null ? "by live connections" : when.slice(3);
     if (asOf !== null) {
       els.idleNote.title = els.topUsersNote.title = `Snapshot taken by the sweep of ${dateTimeFormat.format(new Date(asOf))}`;
     }
