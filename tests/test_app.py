@@ -620,7 +620,7 @@ def test_dashboard__served_with_its_assets(client: FlaskClient) -> None:
     assert page.status_code == 200 and page.mimetype == "text/html"
     html = page.get_data(as_text=True)
     assert "Connection Manager" in html
-    for asset in ("dashboard.css", "dashboard.js"):
+    for asset in ("dashboard.css", "charts.js", "dashboard.js"):
         assert asset in html
         assert client.get(f"/static/{asset}").status_code == 200
 

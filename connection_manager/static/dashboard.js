@@ -63,9 +63,19 @@
     cleanupRun: byId("cleanup-run"),
     cleanupResult: byId("cleanup-result"),
     scope: byId("scope"),
-    userForm: byId("user-form"),
+    filterForm: byId("filter-form"),
     userFilter: byId("user-filter"),
     statusFilter: byId("status-filter"),
+    idleFilter: byId("idle-filter"),
+    idleUnit: byId("idle-unit"),
+    ipFilter: byId("ip-filter"),
+    uaFilter: byId("ua-filter"),
+    filterClear: byId("filter-clear"),
+    exportCsv: byId("export-csv"),
+    charts: { sweeps: byId("chart-sweeps"), idle: byId("chart-idle"), topUsers: byId("chart-top-users") },
+    sweepsNote: byId("sweeps-note"),
+    idleNote: byId("idle-note"),
+    topUsersNote: byId("top-users-note"),
     findForm: byId("find-form"),
     findInput: byId("find-connection"),
     rows: byId("rows"),
@@ -87,7 +97,9 @@
   // State
 
   const state = {
-    view: { kind: "all" }, // or { kind: "user", userId } or { kind: "single", connectionId }
+    // { kind: "list", filters } (live rows, filtered as GET /connections filters them),
+    // { kind: "history", userId } (a user's DISCONNECTED rows) or { kind: "single", connectionId }
+    view: { kind: "list", filters: {} },
     pageTokens: [null], // the token that opens each page we have visited; index 0 is the first page
     pageIndex: 0,
     nextToken: null,
@@ -103,6 +115,7 @@
     dryRun: null, // { staleAfterSeconds, count } from the last dry run, enabling "Run cleanup"
     busy: new Set(),
     history: [], // KPI samples taken while the page is open, for the sparklines
+    sweeps: null, // GET /stats/history, for the sweep chart
   };
 
   const serverNow = () => Date.now() + state.skewMs;
@@ -136,7 +149,8 @@
     }
   }
 
-  async function api(method, path, { query, body } = {}) {
+  /** The URL of an API path with its query; empty values are left out. */
+  function urlWithQuery(path, query) {
     let url = apiUrl(path);
     if (query) {
       const params = new URLSearchParams();
@@ -146,10 +160,21 @@
       const qs = params.toString();
       if (qs) url += "?" + qs;
     }
-    const headers = { Accept: "application/json" };
-    if (body !== undefined) headers["Content-Type"] = "application/json";
+    return url;
+  }
+
+  /** Every request carries the admin token when one is set: with ADMIN_TOKEN, reads need it too. */
+  function requestHeaders(accept, withBody = false) {
+    const headers = { Accept: accept };
+    if (withBody) headers["Content-Type"] = "application/json";
     const token = getToken();
     if (token) headers.Authorization = `Bearer ${token}`;
+    return headers;
+  }
+
+  async function api(method, path, { query, body } = {}) {
+    const url = urlWithQuery(path, query);
+    const headers = requestHeaders("application/json", body !== undefined);
 
     let response;
     try {
@@ -163,25 +188,47 @@
     } catch (err) {
       throw new ApiError(0, "NetworkError", `the API cannot be reached (${err.message || err})`);
     }
-    let data = null;
-    const text = await response.text();
-    if (text) {
-      try {
-        data = JSON.parse(text);
-      } catch {
-        data = null;
-      }
-    }
-    if (!response.ok) {
-      const code = (data && typeof data.error === "string" && data.error) || `HTTP ${response.status}`;
-      const message =
-        (data && typeof data.message === "string" && data.message) || response.statusText || "request failed";
-      throw new ApiError(response.status, code, message);
-    }
+    const data = parseJson(await response.text());
+    if (!response.ok) throw errorOf(response, data);
     if (!data || typeof data !== "object") {
       throw new ApiError(response.status, "BadResponse", "the API answered with something that is not a JSON object");
     }
     return data;
+  }
+
+  function parseJson(text) {
+    if (!text) return null;
+    try {
+      return JSON.parse(text);
+    } catch {
+      return null;
+    }
+  }
+
+  function errorOf(response, data) {
+    const code = (data && typeof data.error === "string" && data.error) || `HTTP ${response.status}`;
+    const message =
+      (data && typeof data.message === "string" && data.message) || response.statusText || "request failed";
+    return new ApiError(response.status, code, message);
+  }
+
+  /**
+   * A listing as CSV. Fetched rather than followed as a link: a link can carry neither the
+   * admin token nor `Accept: text/csv`, which is what selects CSV over JSON.
+   */
+  async function fetchCsv(path, query) {
+    let response;
+    try {
+      response = await fetch(urlWithQuery(path, query), {
+        headers: requestHeaders("text/csv"),
+        cache: "no-store",
+        credentials: "same-origin",
+      });
+    } catch (err) {
+      throw new ApiError(0, "NetworkError", `the API cannot be reached (${err.message || err})`);
+    }
+    if (!response.ok) throw errorOf(response, parseJson(await response.text()));
+    return response.blob();
   }
 
   // ---------------------------------------------------------------------------------
@@ -190,6 +237,7 @@
   const numberFormat = new Intl.NumberFormat();
   const timeFormat = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
   const dateTimeFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "medium" });
+  const shortTimeFormat = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
 
   function parseTime(iso) {
     const ms = typeof iso === "string" ? Date.parse(iso) : NaN;
@@ -400,10 +448,50 @@
     }
     state.stats = stats;
     renderStats();
+    renderSnapshotCharts();
     recordSample(stats);
     if (!state.thresholdEdited && els.cleanupStaleAfter.value !== String(state.staleAfterSeconds)) {
       els.cleanupStaleAfter.value = String(state.staleAfterSeconds);
       renderThresholdHint();
+    }
+  }
+
+  // ---------------------------------------------------------------------------------
+  // Charts (drawn by charts.js)
+
+  const Charts = window.ConnectionManagerCharts;
+  const SWEEP_HOURS = 48;
+
+  async function loadSweeps() {
+    const data = await api("GET", "/stats/history", { query: { hours: SWEEP_HOURS } });
+    state.sweeps = Array.isArray(data.sweeps) ? data.sweeps : [];
+    renderSweepChart();
+  }
+
+  function renderSweepChart() {
+    const sweeps = state.sweeps || [];
+    Charts.sweepChart(els.charts.sweeps, sweeps, { hours: SWEEP_HOURS });
+    const cleaned = sweeps.reduce((sum, sweep) => sum + (Number(sweep.cleaned) || 0), 0);
+    els.sweepsNote.textContent = sweeps.length
+      ? `${numberFormat.format(sweeps.length)} sweep${sweeps.length === 1 ? "" : "s"} · ${numberFormat.format(cleaned)} cleaned`
+      : "";
+  }
+
+  /** The idle-time distribution and the heaviest users come from the latest snapshot (`asOf`). */
+  function renderSnapshotCharts() {
+    const stats = state.stats;
+    Charts.idleChart(els.charts.idle, stats, {
+      onSelect: (bin) => filterBy({ idleMoreThan: Number(bin.fromSeconds) || 0 }),
+    });
+    Charts.topUsersChart(els.charts.topUsers, stats, {
+      onSelect: (user) => filterBy({ userId: String(user.userId) }),
+    });
+    const asOf = parseTime(stats && stats.asOf);
+    const when = asOf === null ? "" : ` · as of ${shortTimeFormat.format(new Date(asOf))}`;
+    els.idleNote.textContent = `live connections${when}`;
+    els.topUsersNote.textContent = asOf === null ? "by live connections" : when.slice(3);
+    if (asOf !== null) {
+      els.idleNote.title = els.topUsersNote.title = `Snapshot taken by the sweep of ${dateTimeFormat.format(new Date(asOf))}`;
     }
   }
 
@@ -502,23 +590,23 @@
     return tr;
   }
 
-  function visibleRecords() {
-    const filter = els.statusFilter.value;
-    if (state.view.kind === "single" || filter === "all") return state.records;
-    return state.records.filter((r) => (filter === "stale" ? isStale(r) : !isStale(r)));
+  function hasFilters(filters) {
+    return Object.values(filters || {}).some((v) => v !== undefined && v !== null && v !== "");
   }
 
   function emptyMessage() {
-    if (state.view.kind === "single") return "No such connection.";
-    if (state.records.length && els.statusFilter.value !== "all") {
-      return `No ${els.statusFilter.value === "stale" ? "stale" : "active"} connections on this page.`;
-    }
-    if (state.view.kind === "user") return `User ${state.view.userId} has no CONNECTED connections.`;
-    return "No CONNECTED connections.";
+    const view = state.view;
+    if (view.kind === "single") return "No such connection.";
+    if (view.kind === "history") return `User ${view.userId} has no DISCONNECTED connections.`;
+    if (!hasFilters(view.filters)) return "No CONNECTED connections.";
+    // sourceIp and userAgent stop a page at a read budget: an empty page may not be the end.
+    return state.nextToken
+      ? "Nothing matches on this page; more rows remain to be read: use Next."
+      : "No CONNECTED connection matches these filters.";
   }
 
   function renderRows() {
-    const records = visibleRecords();
+    const records = state.records;
     const fragment = document.createDocumentFragment();
     for (const record of records) fragment.append(buildRow(record));
     if (!records.length) {
@@ -528,7 +616,7 @@
     }
     els.rows.replaceChildren(fragment);
     renderDetails();
-    renderPager(records.length);
+    renderPager();
   }
 
   /** Every field of the one connection that was looked up, since a row shows only a summary. */
@@ -563,7 +651,7 @@
     els.details.replaceChildren(...items);
   }
 
-  function renderPager(shown) {
+  function renderPager() {
     const single = state.view.kind === "single";
     const pageSize = Number(els.pageSize.value);
     const first = state.pageIndex * pageSize;
@@ -571,12 +659,12 @@
     if (single) {
       info = state.records.length ? "1 connection (any status)" : "";
     } else if (!state.records.length) {
-      info = state.pageIndex ? `Page ${state.pageIndex + 1} is empty` : "";
+      info = state.pageIndex || state.nextToken ? `Page ${state.pageIndex + 1} is empty` : "";
+      if (state.nextToken) info += " · more available";
     } else {
       info = `Page ${state.pageIndex + 1} · rows ${numberFormat.format(first + 1)}–${numberFormat.format(
         first + state.records.length,
       )}`;
-      if (shown !== state.records.length) info += ` · ${shown} match the status filter`;
       info += state.nextToken ? " · more available" : " · last page";
     }
     els.pageInfo.textContent = info;
@@ -587,31 +675,53 @@
     els.pagerControls.hidden = single;
   }
 
+  /** What the list shows, in words, with the actions that fit it. */
   function renderScope() {
     const view = state.view;
     const nodes = [];
-    if (view.kind === "all") {
-      nodes.push(h("span", { text: "All CONNECTED connections" }));
-    } else if (view.kind === "user") {
+    const strong = (text) => h("strong", { class: "mono", text });
+    if (view.kind === "list") {
+      const f = view.filters;
+      const parts = [];
+      if (f.userId) parts.push(" of user ", strong(f.userId));
+      if (f.idleMoreThan !== undefined) parts.push(" idle more than ", h("strong", { text: formatDuration(f.idleMoreThan) }));
+      if (f.sourceIp) parts.push(" from ", strong(f.sourceIp));
+      if (f.userAgent) parts.push(" with a user agent containing ", strong(f.userAgent));
+      nodes.push(h("span", {}, [hasFilters(f) ? "CONNECTED connections" : "All CONNECTED connections", ...parts]));
+      if (f.userId) {
+        nodes.push(
+          h("button", {
+            type: "button",
+            class: "btn btn-sm btn-danger",
+            "data-testid": "disconnect-user-btn",
+            text: "Disconnect user",
+            onclick: () => disconnectUser(f.userId),
+          }),
+        );
+      }
+      if (hasFilters(f)) {
+        nodes.push(h("button", { type: "button", class: "btn btn-sm", "data-testid": "clear-filter", text: "Show all", onclick: showAll }));
+      }
+    } else if (view.kind === "history") {
       nodes.push(
-        h("span", {}, ["CONNECTED connections of user ", h("strong", { class: "mono", text: view.userId })]),
+        h("span", {}, ["DISCONNECTED connections of user ", strong(view.userId)]),
         h("button", {
           type: "button",
-          class: "btn btn-sm btn-danger",
-          "data-testid": "disconnect-user-btn",
-          text: "Disconnect user",
-          onclick: () => disconnectUser(view.userId),
+          class: "btn btn-sm",
+          "data-testid": "show-live",
+          text: "Show live",
+          onclick: () => filterBy({ userId: view.userId }),
         }),
         h("button", { type: "button", class: "btn btn-sm", "data-testid": "clear-filter", text: "Show all", onclick: showAll }),
       );
     } else {
       nodes.push(
-        h("span", {}, ["Connection ", h("strong", { class: "mono", text: view.connectionId })]),
+        h("span", {}, ["Connection ", strong(view.connectionId)]),
         h("button", { type: "button", class: "btn btn-sm", "data-testid": "clear-filter", text: "Back to list", onclick: showAll }),
       );
     }
     els.scope.replaceChildren(...nodes);
-    els.statusFilter.disabled = view.kind === "single";
+    renderExportLink();
   }
 
   /** Load the current page of the current view; `quiet` is for the periodic refresh. */
@@ -637,11 +747,13 @@
           }
         }
       } else {
-        const path =
-          view.kind === "user" ? `/users/${encodeURIComponent(view.userId)}/connections` : "/connections";
-        const data = await api("GET", path, {
-          query: { limit: els.pageSize.value, nextToken: state.pageTokens[state.pageIndex] },
-        });
+        const page = { limit: els.pageSize.value, nextToken: state.pageTokens[state.pageIndex] };
+        const data =
+          view.kind === "history"
+            ? await api("GET", `/users/${encodeURIComponent(view.userId)}/connections`, {
+                query: { ...page, status: "DISCONNECTED" },
+              })
+            : await api("GET", "/connections", { query: { ...page, ...view.filters } });
         records = Array.isArray(data.connections) ? data.connections : [];
         nextToken = typeof data.nextToken === "string" && data.nextToken ? data.nextToken : null;
       }
@@ -682,7 +794,7 @@
   async function doRefresh(auto) {
     els.refreshBtn.classList.add("spinning");
     try {
-      const results = await Promise.allSettled([loadStats(), loadView({ quiet: auto })]);
+      const results = await Promise.allSettled([loadStats(), loadSweeps(), loadView({ quiet: auto })]);
       const failure = results.find((r) => r.status === "rejected");
       if (failure) {
         setApiState(false);
@@ -720,22 +832,118 @@
     state.pageIndex = 0;
     state.nextToken = null;
     state.records = [];
+    fillFilterForm(view);
     renderScope();
     writeHash();
     return loadView().catch((err) => reportError("Loading connections", err));
   }
 
+  /** A fresh list of live connections with these filters (the others cleared). */
+  function filterBy(filters) {
+    els.findInput.value = "";
+    return setView({ kind: "list", filters: cleanFilters(filters) });
+  }
+
   function applyUserFilter(userId) {
     const value = String(userId).trim();
-    els.userFilter.value = value;
-    els.findInput.value = "";
-    return setView(value ? { kind: "user", userId: value } : { kind: "all" });
+    return filterBy(value ? { userId: value } : {});
   }
 
   function showAll() {
-    els.userFilter.value = "";
-    els.findInput.value = "";
-    return setView({ kind: "all" });
+    return filterBy({});
+  }
+
+  function cleanFilters(filters) {
+    const out = {};
+    for (const key of ["userId", "idleMoreThan", "sourceIp", "userAgent"]) {
+      const value = filters[key];
+      if (value !== undefined && value !== null && value !== "") out[key] = value;
+    }
+    return out;
+  }
+
+  /**
+   * The view the filter form describes, or a message saying what to fix. Values are sent as
+   * typed: the API is the one judge of what is valid (a 400 is shown as it says).
+   */
+  function readFilterForm() {
+    const userId = els.userFilter.value.trim();
+    if (els.statusFilter.value === "DISCONNECTED") {
+      if (!userId) return { error: "The history lists one user's DISCONNECTED connections: enter a user id." };
+      return { view: { kind: "history", userId } };
+    }
+    const filters = { userId };
+    const idle = els.idleFilter.value.trim();
+    if (idle) {
+      const amount = Number(idle);
+      if (!Number.isInteger(amount) || amount < 0) return { error: "Idle time: enter a whole number, 0 or more." };
+      filters.idleMoreThan = amount * Number(els.idleUnit.value);
+    }
+    filters.sourceIp = els.ipFilter.value.trim();
+    filters.userAgent = els.uaFilter.value;
+    return { view: { kind: "list", filters: cleanFilters(filters) } };
+  }
+
+  /** Show a view's filters in the form, so the form always says what the list shows. */
+  function fillFilterForm(view) {
+    const f = view.kind === "list" ? view.filters : {};
+    els.userFilter.value = view.kind === "history" ? view.userId : f.userId || "";
+    els.statusFilter.value = view.kind === "history" ? "DISCONNECTED" : "CONNECTED";
+    if (f.idleMoreThan === undefined) {
+      els.idleFilter.value = "";
+    } else {
+      const unit = [3600, 60, 1].find((size) => f.idleMoreThan % size === 0 && (size === 1 || f.idleMoreThan > 0));
+      els.idleUnit.value = String(unit || 1);
+      els.idleFilter.value = String(f.idleMoreThan / (unit || 1));
+    }
+    els.ipFilter.value = f.sourceIp || "";
+    els.uaFilter.value = f.userAgent || "";
+    if (view.kind !== "single") els.findInput.value = "";
+    renderFilterFields();
+  }
+
+  /** A user's history is read from UserIdIndex: the other filters do not apply to it. */
+  function renderFilterFields() {
+    const isHistory = els.statusFilter.value === "DISCONNECTED";
+    for (const input of [els.idleFilter, els.idleUnit, els.ipFilter, els.uaFilter]) input.disabled = isHistory;
+  }
+
+  /** The export link: GET /connections with the list's filters (and no page), as CSV. */
+  function renderExportLink() {
+    const view = state.view;
+    const filters = view.kind === "list" ? view.filters : null;
+    els.exportCsv.href = urlWithQuery("/connections", filters || {});
+    els.exportCsv.classList.toggle("is-disabled", !filters);
+    els.exportCsv.setAttribute("aria-disabled", filters ? "false" : "true");
+    els.exportCsv.title = filters
+      ? "Every CONNECTED connection matching these filters, as CSV"
+      : "Export lists live connections: pick Live in Status first";
+  }
+
+  async function exportCsv() {
+    const view = state.view;
+    if (view.kind !== "list") {
+      setStatus("warn", "Export lists live connections: choose Live (CONNECTED) and apply.");
+      return;
+    }
+    const label = els.exportCsv.textContent;
+    els.exportCsv.textContent = "Exporting…";
+    els.exportCsv.classList.add("is-disabled");
+    try {
+      const blob = await fetchCsv("/connections", view.filters);
+      const url = URL.createObjectURL(blob);
+      const link = h("a", { href: url, download: "connections.csv", hidden: true });
+      document.body.append(link);
+      link.click();
+      link.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 60_000);
+      setStatus("ok", `Exported the ${hasFilters(view.filters) ? "filtered " : ""}connections as CSV.`);
+    } catch (err) {
+      reportError("Export", err);
+    } finally {
+      els.exportCsv.textContent = label;
+      renderExportLink();
+    }
   }
 
   function goToPage(index) {
@@ -743,10 +951,21 @@
     return loadView().catch((err) => reportError("Loading the page", err));
   }
 
+  const HASH_KEYS = { userId: "user", idleMoreThan: "idle", sourceIp: "ip", userAgent: "ua" };
+
+  /** The view lives in the URL's fragment, so a filtered list can be bookmarked and shared. */
   function writeHash() {
     const view = state.view;
     const params = new URLSearchParams();
-    if (view.kind === "user") params.set("user", view.userId);
+    if (view.kind === "list") {
+      for (const [key, name] of Object.entries(HASH_KEYS)) {
+        if (view.filters[key] !== undefined) params.set(name, String(view.filters[key]));
+      }
+    }
+    if (view.kind === "history") {
+      params.set("user", view.userId);
+      params.set("status", "DISCONNECTED");
+    }
     if (view.kind === "single") params.set("connection", view.connectionId);
     const hash = params.toString();
     history.replaceState(null, "", hash ? `#${hash}` : location.pathname + location.search);
@@ -754,17 +973,25 @@
 
   function readHash() {
     const params = new URLSearchParams(location.hash.replace(/^#/, ""));
-    const user = params.get("user");
     const connection = params.get("connection");
     if (connection) {
       els.findInput.value = connection;
       return { kind: "single", connectionId: connection };
     }
-    if (user) {
-      els.userFilter.value = user;
-      return { kind: "user", userId: user };
+    const user = params.get("user");
+    if (user && params.get("status") === "DISCONNECTED") return { kind: "history", userId: user };
+    const filters = {};
+    for (const [key, name] of Object.entries(HASH_KEYS)) {
+      const value = params.get(name);
+      if (value === null || value === "") continue;
+      if (key === "idleMoreThan") {
+        const seconds = Number(value);
+        if (Number.isInteger(seconds) && seconds >= 0) filters[key] = seconds;
+      } else {
+        filters[key] = value;
+      }
     }
-    return { kind: "all" };
+    return { kind: "list", filters };
   }
 
   // ---------------------------------------------------------------------------------
@@ -948,13 +1175,22 @@
       els.tokenBox.classList.remove("attention");
     });
 
-    els.userForm.addEventListener("submit", (event) => {
+    els.filterForm.addEventListener("submit", (event) => {
       event.preventDefault();
-      applyUserFilter(els.userFilter.value);
+      const { view, error } = readFilterForm();
+      if (error) {
+        setStatus("warn", error);
+        els.userFilter.focus();
+        return;
+      }
+      els.findInput.value = "";
+      setView(view);
     });
-    els.userFilter.addEventListener("search", () => {
-      // The clear (x) of a search field: go back to everything.
-      if (!els.userFilter.value && state.view.kind === "user") showAll();
+    els.filterClear.addEventListener("click", showAll);
+    els.statusFilter.addEventListener("change", renderFilterFields);
+    els.exportCsv.addEventListener("click", (event) => {
+      event.preventDefault();
+      exportCsv();
     });
     els.findForm.addEventListener("submit", (event) => {
       event.preventDefault();
@@ -964,10 +1200,8 @@
         els.findInput.focus();
         return;
       }
-      els.userFilter.value = "";
       setView({ kind: "single", connectionId: id });
     });
-    els.statusFilter.addEventListener("change", renderRows);
 
     els.pageSize.addEventListener("change", () => {
       store(localStorage, STORAGE.pageSize, els.pageSize.value);
@@ -1009,6 +1243,15 @@
       const view = readHash();
       if (JSON.stringify(view) !== JSON.stringify(state.view)) setView(view);
     });
+    let resizeTimer = null;
+    window.addEventListener("resize", () => {
+      // The charts are drawn at the panel's width: redraw once the resizing settles.
+      clearTimeout(resizeTimer);
+      resizeTimer = setTimeout(() => {
+        if (state.sweeps) renderSweepChart();
+        if (state.stats) renderSnapshotCharts();
+      }, 150);
+    });
     setInterval(tick, 1000);
     setInterval(refreshRelativeTimes, RELATIVE_TIME_TICK_MS);
   }
@@ -1019,6 +1262,7 @@
     els.cleanupStaleAfter.value = String(state.staleAfterSeconds);
     renderThresholdHint();
     state.view = readHash();
+    fillFilterForm(state.view);
     renderScope();
     renderPager(0);
     refreshAll();
