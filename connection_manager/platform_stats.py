@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
@@ -163,7 +164,7 @@ class PlatformStats:
         epoch = int(now.timestamp())
         with dynamo_errors("record_sweep"):
             self.records(
-                history_key(epoch),
+                history_key(epoch, uuid.uuid4().hex[:12]),
                 body=json.dumps(entry, separators=(",", ":")),
                 active_shard=HISTORY_SHARD,
                 active_bucket=epoch,

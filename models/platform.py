@@ -30,8 +30,10 @@ def counter_key(shard: int) -> str:
     return f"{RESERVED_PREFIX}live#{shard}"
 
 
-def history_key(epoch_seconds: int) -> str:
-    return f"{RESERVED_PREFIX}sweep#{epoch_seconds:012d}"
+def history_key(epoch_seconds: int, unique: str) -> str:
+    """One sweep's record; ``unique`` keeps two sweeps of the same second apart (the index
+    orders them by ``activeBucket``, the epoch, so the key need not sort)."""
+    return f"{RESERVED_PREFIX}sweep#{epoch_seconds:012d}#{unique}"
 
 
 def is_reserved(key: str) -> bool:

@@ -115,6 +115,15 @@ def test_stats_history__older_than_the_window__left_out_newest_kept_within_limit
     assert [entry["cleaned"] for entry in service.stats_history(hours=48, limit=2)] == [2, 1]
 
 
+def test_stats_history__two_sweeps_in_the_same_second__both_kept(service, clock):
+    # Given two sweeps recorded within one second (an operator's run right after the schedule's)
+    service.record_sweep({"cleanedCount": 15}, None)
+    service.record_sweep({"cleanedCount": 5}, None)
+
+    # Then the history holds both: the second does not overwrite the first
+    assert sorted(entry["cleaned"] for entry in service.stats_history(hours=48, limit=100)) == [5, 15]
+
+
 def test_platform_records__never_listed_nor_swept(service, make_connection, clock):
     # Given counters, a snapshot and history records in the table
     service.register_connection("c1", "u1")
