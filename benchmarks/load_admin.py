@@ -33,25 +33,42 @@ _URL = re.compile(r"Connection Manager admin: (http://[^\s/]+)/")
 
 
 class AdminServer:
-    """The admin app as a subprocess, exactly as an operator starts it."""
+    """The admin app as a subprocess, by default exactly as an operator starts it.
 
-    def __init__(self, startup_timeout: float = 60.0) -> None:
+    ``command`` replaces ``serve --embedded`` (another benchmark starts the app its own way,
+    on another DynamoDB); ``env`` adds to the environment. Either way the process must print
+    the ``Connection Manager admin: <url>`` line ``serve`` prints once it listens.
+    """
+
+    def __init__(
+        self,
+        startup_timeout: float = 60.0,
+        command: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        stderr: int | None = subprocess.DEVNULL,
+    ) -> None:
         self.startup_timeout = startup_timeout
         self.url = ""
+        self._command = command or [
+            sys.executable, "-c", "from connection_manager.cli import main; raise SystemExit(main())",
+            "serve", "--embedded", "--port", "0",
+        ]
+        self._extra_env = env or {}
+        self._stderr = stderr
         self._process: subprocess.Popen[str] | None = None
 
     def start(self) -> "AdminServer":
         env = dict(os.environ, ADMIN_TOKEN=TOKEN, LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1")
         for name in ("AWS_LAMBDA_FUNCTION_NAME", "AWS_ENDPOINT_URL_DYNAMODB", "HTTP_PROXY", "HTTPS_PROXY"):
             env.pop(name, None)
-        command = [sys.executable, "-c", "from connection_manager.cli import main; raise SystemExit(main())"]
+        env.update(self._extra_env)
         self._process = subprocess.Popen(
-            [*command, "serve", "--embedded", "--port", "0"],
+            self._command,
             cwd=Path(__file__).resolve().parent.parent,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=self._stderr,
             text=True,
         )
         found: list[str] = []

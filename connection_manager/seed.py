@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Callable
 
 from connection_manager.service import DISCONNECTED, new_connection_row
-from models.connection import ConnectionModel, DisconnectReason
+from models.connection import ConnectionModel, DisconnectReason, activity_bucket
 
 _AGENTS = ("Mozilla/5.0 (Macintosh)", "Mozilla/5.0 (Windows NT 10.0)", "okhttp/4.12", "AIrium-iOS/3.2", "curl/8.5")
 
@@ -62,11 +62,16 @@ def seed(
             row = new_connection_row(connection_id, user_id, created, metadata, model)
             row.last_active_at = max(last_active, created)
             row.updated_at = row.last_active_at
+            # The live index files a row under the bucket of its last activity, as every
+            # activity write keeps it; left at createdAt's older bucket, a row is read by
+            # each idle filter and sweep that reaches that bucket and returned by none.
+            row.active_bucket = activity_bucket(row.last_active_at)
             if kind == "history":
                 row.status = DISCONNECTED
                 row.disconnect_reason = rng.choice(list(DisconnectReason)).value
                 row.disconnected_at = row.last_active_at
-                row.active_shard = None
+                row.active_shard = None  # out of the live index, as a disconnect leaves it
+                row.active_bucket = None
             batch.save(row)
             written += 1
             if progress and written % 25 == 0:

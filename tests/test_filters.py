@@ -8,12 +8,17 @@ from datetime import timedelta
 
 import pytest
 
+import connection_manager.wiring as wiring
 from connection_manager.app import create_app
+from connection_manager.clock import FixedClock
+from connection_manager.config import Settings
 from connection_manager.errors import ValidationError
 from connection_manager.operations import run_action
-from connection_manager.service import FILTER_READ_BUDGET
+from connection_manager.service import FILTER_READ_BUDGET, new_connection_row
+from models.connection import ACTIVITY_BUCKET_SECONDS
 from tests.support.fixtures import *  # noqa: F401,F403
-from tests.support.fixtures import raw_item
+from tests.support.fixtures import NOW, raw_item
+from tests.support.wire import TABLE
 
 
 @pytest.fixture
@@ -142,3 +147,40 @@ def test_get_stats_history__after_a_sweep__the_sweep_is_listed(client, service, 
         "gone": 0, "lifetime": 0, "evicted": 0, "durationMs": 0,
     }
     assert bad.status_code == 400
+
+
+# Cost, measured on the wire --------------------------------------------------------------
+
+
+def test_get_all_connections__idle_more_than_on_500_live_rows__reads_about_what_it_returns(engine_proxy, monkeypatch):
+    # Given 500 live rows idle 0, 10, 20 ... 4,990 s, each in the live index's bucket of its
+    # last activity (as the service writes them), on a real engine behind the counting proxy
+    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", engine_proxy.url)
+    monkeypatch.setattr(wiring, "_service", None)
+    service = wiring.build_service(Settings(table_name=TABLE, region="us-east-1"), FixedClock(NOW))
+    service.create_table()
+    with service.model.batch_write() as batch:
+        for index in range(500):
+            last_active = NOW - timedelta(seconds=10 * index)
+            row = new_connection_row(f"conn-{index:03d}", f"user-{index % 50}", last_active, None, service.model)
+            batch.save(row)
+    engine_proxy.reset_counters()
+
+    # When the idle filter asks for rows idle more than 4,490 s (the 50 idle 4,500 s or more)
+    status, body = run_action(service, "get_all_connections", {"idleMoreThan": 4490, "limit": 1000})
+
+    # Then it returns exactly those, with no page left
+    assert status == 200
+    assert ids(body) == [f"conn-{index:03d}" for index in range(450, 500)]
+    assert "nextToken" not in body
+    # And DynamoDB read at most the rows returned plus one activity bucket's worth. The live
+    # index is keyed by 900 s buckets, so the range can only stop at the cutoff's bucket: the
+    # rows of that one bucket that are not idle long enough yet are read and filtered out
+    # (here 89: idle 3,610 to 4,490 s, one row per 10 s). Every other bucket the range reads
+    # holds only rows it returns, and no bucket after the cutoff's is read at all.
+    counters = engine_proxy.snapshot()
+    one_bucket = ACTIVITY_BUCKET_SECONDS // 10
+    assert body["count"] <= counters["items_read"] <= body["count"] + one_bucket
+    assert counters["items_read"] < 500 // 3  # against 500 for a read of the whole live set
+    # And the read changed nothing stored: the proxy saw Queries only, not one write
+    assert set(counters["by_operation"]) == {"Query"}
