@@ -19,16 +19,14 @@ from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
 
 import connection_manager.wiring as wiring
 from connection_manager.handler import lambda_handler
 from tests.support.dynamodb_local import DynamoDBLocal
 from tests.support.serverless_offline import ServerlessOffline
 from tests.support.wire import TABLE, direct_client, stored
-
-websockets = pytest.importorskip("websockets", reason="the end-to-end test needs the websockets client (dev extra)")
-from websockets.exceptions import ConnectionClosed  # noqa: E402
-from websockets.sync.client import ClientConnection, connect  # noqa: E402
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.dynamodb_local, pytest.mark.slow]
 
