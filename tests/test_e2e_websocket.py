@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -188,3 +189,38 @@ def test_websocket__third_connect_over_a_cap_of_two__closes_the_oldest_client(
     evicted = stored(admin, oldest_id)
     assert evicted is not None and evicted["status"] == "DISCONNECTED" and evicted["disconnectReason"] == "evicted"
     assert user_connection_ids("bob") == {middle_id, newest_id}
+
+
+def live_processes_in_group(group: int) -> list[str]:
+    """Command names of the processes of process group ``group`` that still run (zombies aside)."""
+    names: list[str] = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # it exited while we looked
+        command, _, rest = text.partition(" (")[2].rpartition(")")
+        state, _parent, pgrp = rest.split()[:3]
+        if int(pgrp) == group and state != "Z":
+            names.append(command)
+    return names
+
+
+def test_serverless_offline__stop__leaves_no_node_and_no_python_worker_behind(
+    dynamodb_local: DynamoDBLocal, admin: Any
+) -> None:
+    # Given a serverless-offline of its own whose handler has run (so a Python worker lives)
+    server = ServerlessOffline({"CONNECTIONS_TABLE_NAME": TABLE, "AWS_ENDPOINT_URL_DYNAMODB": dynamodb_local.url})
+    server.start()
+    try:
+        with connect(f"{server.ws_url}/?userId=carol", open_timeout=WAIT_SECONDS):
+            group = server.process_group_id
+            assert group is not None
+            running = live_processes_in_group(group)
+            assert any(name.startswith("python") for name in running), running
+    finally:
+        # When it is stopped
+        server.stop()
+
+    # Then nothing of its process group is left: node and its workers are gone
+    assert live_processes_in_group(group) == []

@@ -172,6 +172,11 @@ class ServerlessOffline(LocalServerProcess):
         """Where WebSocket clients connect (the stage is not part of the path offline)."""
         return self.url.replace("http://", "ws://", 1)
 
+    @property
+    def process_group_id(self) -> int | None:
+        """The group holding node and every worker it started (None when not running)."""
+        return self._process.pid if self._process is not None else None
+
     def _prepare(self) -> None:
         self._directory = ensure_installed() if self.install else install_dir()
         if not is_installed(self._directory):
