@@ -33,6 +33,7 @@ setup(
             "schemathesis>=4.0",
             "playwright>=1.45",
             "zappa==0.63.0",
+            "websockets>=13",
         ],
     },
     entry_points={"console_scripts": ["connection-manager=connection_manager.cli:main"]},

@@ -16,6 +16,7 @@ import abc
 import atexit
 import http.client
 import os
+import signal
 import socket
 import subprocess
 import tempfile
@@ -71,6 +72,9 @@ class LocalServerProcess(LocalServer):
     stop_timeout: ClassVar[float] = 5.0
     #: How often :meth:`start` asks whether the child is ready.
     poll_interval: ClassVar[float] = 0.05
+    #: Run the child in a process group of its own, and signal the whole group: for a
+    #: server that starts workers of its own, which must go with it.
+    process_group: ClassVar[bool] = False
 
     def __init__(self, *, host: str = LOOPBACK, port: int | None = None, startup_timeout: float = 30.0) -> None:
         self.host = host
@@ -109,12 +113,22 @@ class LocalServerProcess(LocalServer):
 
     def _terminate(self, process: subprocess.Popen[bytes], timeout: float) -> None:
         """A polite SIGTERM first, SIGKILL if it does not go."""
-        process.terminate()
+        self._signal(process, signal.SIGTERM)
         try:
             process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            process.kill()
+            self._signal(process, signal.SIGKILL)
             process.wait(timeout=timeout)
+
+    def _signal(self, process: subprocess.Popen[bytes], signum: int) -> None:
+        """Send ``signum`` to the child, or to its whole group with :attr:`process_group`."""
+        if not self.process_group:
+            process.send_signal(signum)
+            return
+        try:
+            os.killpg(process.pid, signum)
+        except ProcessLookupError:
+            pass  # the group is empty: everything in it has already exited
 
     # -- the lifecycle ---------------------------------------------------------------
 
@@ -163,6 +177,7 @@ class LocalServerProcess(LocalServer):
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=self._environment(port),
+            start_new_session=self.process_group,
         )
         self._wait_until_ready()
 
@@ -220,8 +235,11 @@ class LocalServerProcess(LocalServer):
     def _cleanup(self) -> None:
         process = self._process
         if process is not None and process.poll() is None:
-            process.kill()
+            self._signal(process, signal.SIGKILL)
             process.wait()
+        if process is not None and self.process_group:
+            # The leader may be gone while its workers live on: the group outlives it.
+            self._signal(process, signal.SIGKILL)
         self._process = None
         if self._log is not None:
             self._log.close()
