@@ -135,8 +135,8 @@ API_ROUTES: tuple[Route, ...] = (
         "GET", "/connections", "get_all_connections", OPERATIONS["get_all_connections"].summary, "connections",
         action="get_all_connections", query=s.GetAllConnections, csv=True, response=s.ConnectionList, errors=(503,),
         description="Pass the `nextToken` of a page to get the next one; the last page has none. "
-        "`idleMoreThan` reads about what it returns; `userId` reads that user's rows (`status=DISCONNECTED`: "
-        "their history). `sourceIp` and `userAgent` read rows they do not return, so a page stops after "
+        "`idleMoreThan` reads about what it returns; `userId` reads that user's live rows (their history is "
+        "`GET /users/{userId}/connections?status=DISCONNECTED`). `sourceIp` and `userAgent` read rows they do not return, so a page stops after "
         "reading 1,000 items and may hold fewer rows than `limit`, even none, with a `nextToken`: follow it. "
         "With `Accept: text/csv` the whole filtered listing streams as CSV, page by page.",
         links=(

@@ -149,7 +149,10 @@ def dynamo_errors(operation: str) -> Iterator[None]:
                 "try again shortly"
             ) from None
         if code == "ResourceNotFoundException":
-            raise UnavailableError(f"DynamoDB table not found during {operation}; was `create-table` run?") from None
+            raise UnavailableError(
+                f"DynamoDB table or index not found during {operation}: for a new table run "
+                "`connection-manager create-table`; for a table made by an earlier version, `connection-manager migrate`"
+            ) from None
         if code in ("UnrecognizedClientException", "AccessDeniedException", "ExpiredTokenException"):
             raise UnavailableError(f"DynamoDB refused the credentials during {operation} ({code})") from None
         if code is None and isinstance(exc.cause, CREDENTIAL_ERRORS):

@@ -149,7 +149,8 @@ class PlatformStats:
             if is_condition_failure(exc):
                 return False
             raise
-        log.info("live counter of shard %s repaired: %s -> %s", shard, before, rows)
+        # A first count is no repair worth an INFO line; a counter that drifted is.
+        (log.debug if before is None else log.info)("live counter of shard %s set: %s -> %s", shard, before, rows)
         return True
 
     # History ----------------------------------------------------------------------------

@@ -56,8 +56,16 @@ def seed(
                 created = now - timedelta(seconds=age)
                 last_active = now - timedelta(seconds=rng.randrange(0, max(1, plan.stale_after_seconds // 2)))
             else:
-                last_active = now - timedelta(seconds=plan.stale_after_seconds + rng.randrange(60, 48 * 3600))
-                created = last_active - timedelta(seconds=rng.randrange(60, 3600))
+                idle = plan.stale_after_seconds + rng.randrange(60, 48 * 3600)
+                back = rng.randrange(60, 3600)
+                room = plan.lifetime_seconds - plan.stale_after_seconds - 120
+                if kind == "stale" and room > 120:
+                    # Idle past the cutoff but younger than the lifetime, so the sweep marks it
+                    # `stale` as the demo promises (an older row would end as `lifetime`).
+                    idle = plan.stale_after_seconds + 60 + idle % (room // 2)
+                    back = 60 + back % (room // 2)
+                last_active = now - timedelta(seconds=idle)
+                created = last_active - timedelta(seconds=back)
             metadata = {"sourceIp": f"203.0.113.{rng.randrange(1, 255)}", "userAgent": rng.choice(_AGENTS)}
             row = new_connection_row(connection_id, user_id, created, metadata, model)
             row.last_active_at = max(last_active, created)

@@ -184,15 +184,12 @@ def local_dynamodb(port: int = 8000, out: TextIO = sys.stdout, wait: Any = None)
 
 
 def _wait_for_stop() -> None:
-    def stop(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, stop)
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
+    # Ctrl-C and SIGTERM, even when started as a background job (SIGINT ignored), as `serve`.
+    with _stop_on_signals():
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
 
 
 def prepare_demo(out: TextIO) -> None:

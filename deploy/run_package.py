@@ -23,9 +23,11 @@ DynamoDB, ``AWS_LAMBDA_FUNCTION_NAME``) before running it. Standard library only
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -94,16 +96,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=Path, required=True, help="a JSON array of events")
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args(argv)
+    # Relative paths mean the caller's directory: resolved before this process moves into the package.
+    events_path, output_path = args.events.resolve(), args.output.resolve()
 
     task_root = package_dir(args.package.resolve())
     runtime = runtime_dir(args.runtime_site.resolve())
+    # The folders made here go when this process does (a zip is unpacked afresh each run).
+    for made in (task_root, runtime):
+        if made != args.package.resolve():
+            atexit.register(shutil.rmtree, made, True)
     # Lambda's order: the function's code first, then the runtime's libraries, then the stdlib.
     sys.path[:0] = [str(task_root), str(runtime)]
     os.chdir(task_root)
     os.environ.setdefault("LAMBDA_TASK_ROOT", str(task_root))
     os.environ.setdefault("AWS_EXECUTION_ENV", "AWS_Lambda_python3.11")
 
-    events = json.loads(args.events.read_text(encoding="utf-8"))
+    events = json.loads(events_path.read_text(encoding="utf-8"))
     module_name, function_name = args.handler.rsplit(".", 1)
     handler = getattr(importlib.import_module(module_name), function_name)
 
@@ -120,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     origins = {
         name: getattr(sys.modules[name], "__file__", None) for name in REPORTED_MODULES if name in sys.modules
     }
-    args.output.write_text(
+    output_path.write_text(
         json.dumps({"results": results, "flask_loaded": flask_loaded, "origins": origins, "task_root": str(task_root)}),
         encoding="utf-8",
     )

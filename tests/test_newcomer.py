@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 import shutil
 import subprocess
 from pathlib import Path
@@ -221,3 +222,32 @@ def test_cli__local_dynamodb_command__runs_the_local_server(monkeypatch) -> None
 
     # Then it ran the local server there
     assert (code, calls) == (0, [8123])
+
+
+def test_local_dynamodb__started_as_a_background_job__stops_on_sigint() -> None:
+    # Given `local-dynamodb` started the way a shell starts `cmd &`: with SIGINT ignored
+    import queue
+    import signal
+    import threading
+
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AWS_ENDPOINT_URL")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "connection_manager.cli", "local-dynamodb", "--port", "0"],
+        cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()  # type: ignore[union-attr]
+    try:
+        while "export AWS_ENDPOINT_URL_DYNAMODB=" not in lines.get(timeout=60):
+            pass
+
+        # When it gets SIGINT (Ctrl-C, or `kill -INT`)
+        process.send_signal(signal.SIGINT)
+
+        # Then it stops cleanly instead of ignoring it
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
