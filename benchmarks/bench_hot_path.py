@@ -63,11 +63,11 @@ def _service(table: str, interval: int) -> Any:
     from connection_manager.clock import FixedClock
     from connection_manager.config import Settings
     from connection_manager.service import ConnectionService
-    from models.connection import ConnectionModel
 
     service = ConnectionService(Settings.from_env(), FixedClock(START))
     meter = Meter()
-    meter.attach(ConnectionModel._get_connection().connection.client)
+    # The service's own model class (one per table) holds the client its writes go through.
+    meter.attach(service.model._get_connection().connection.client)
     return service, meter
 
 
