@@ -158,8 +158,18 @@ def local_exports(url: str) -> list[str]:
 def local_dynamodb(port: int = 8000, out: TextIO = sys.stdout, wait: Any = None) -> int:
     """Run moto's DynamoDB on loopback in the foreground and print the exports that reach it.
 
-    ``wait`` blocks until the server should stop (default: until Ctrl-C or SIGTERM).
+    ``wait`` blocks until the server should stop (default: until Ctrl-C or SIGTERM). The
+    signal handlers are in place before anything is printed: a caller that sees the exports
+    and sends SIGINT at once must not find it still ignored (as a background job inherits it).
     """
+    with _stop_on_signals():
+        try:
+            return _local_dynamodb(port, out, wait)
+        except KeyboardInterrupt:
+            return 0
+
+
+def _local_dynamodb(port: int, out: TextIO, wait: Any) -> int:
     try:
         dynamo = EmbeddedDynamo(port)
     except ImportError:
@@ -184,12 +194,8 @@ def local_dynamodb(port: int = 8000, out: TextIO = sys.stdout, wait: Any = None)
 
 
 def _wait_for_stop() -> None:
-    # Ctrl-C and SIGTERM, even when started as a background job (SIGINT ignored), as `serve`.
-    with _stop_on_signals():
-        try:
-            threading.Event().wait()
-        except KeyboardInterrupt:
-            pass
+    """Until Ctrl-C or SIGTERM: the handlers `local_dynamodb` installed raise KeyboardInterrupt."""
+    threading.Event().wait()
 
 
 def prepare_demo(out: TextIO) -> None:
