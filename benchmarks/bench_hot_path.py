@@ -33,28 +33,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.support.capacity_meter import CapacityMeter  # noqa: E402
+
 START = datetime(2024, 1, 1, 12, 0, 7, tzinfo=timezone.utc)
-
-
-class Meter:
-    """Sums ConsumedCapacity of every write this process sends, per table and index."""
-
-    def __init__(self) -> None:
-        self.units: Counter[str] = Counter()
-
-    def attach(self, client: Any) -> None:
-        def ask(params: dict[str, Any], **_: Any) -> None:
-            params["ReturnConsumedCapacity"] = "INDEXES"
-
-        def add(parsed: dict[str, Any], **_: Any) -> None:
-            consumed = parsed.get("ConsumedCapacity") or {}
-            self.units["table"] += (consumed.get("Table") or {}).get("CapacityUnits", 0.0)
-            for name, part in (consumed.get("GlobalSecondaryIndexes") or {}).items():
-                self.units[name] += part.get("CapacityUnits", 0.0)
-
-        for operation in ("UpdateItem", "PutItem"):
-            client.meta.events.register(f"provide-client-params.dynamodb.{operation}", ask)
-            client.meta.events.register(f"after-call.dynamodb.{operation}", add)
 
 
 def _service(table: str, interval: int) -> Any:
@@ -65,7 +46,7 @@ def _service(table: str, interval: int) -> Any:
     from connection_manager.service import ConnectionService
 
     service = ConnectionService(Settings.from_env(), FixedClock(START))
-    meter = Meter()
+    meter = CapacityMeter()
     # The service's own model class (one per table) holds the client its writes go through.
     meter.attach(service.model._get_connection().connection.client)
     return service, meter
@@ -143,7 +124,7 @@ def run_seed_layout(table: str, args: argparse.Namespace) -> dict[str, Any]:
     from models.connection import format_timestamp, shard_for
 
     client = boto3.client("dynamodb")
-    meter = Meter()
+    meter = CapacityMeter()
     meter.attach(client)
     attributes = [("connectionId", "S"), ("userId", "S"), ("status", "S"), ("activeShard", "N"), ("lastActiveAt", "S")]
     client.create_table(

@@ -14,7 +14,6 @@ import random
 import threading
 from collections import Counter
 from datetime import datetime, timedelta
-from typing import Any, Callable
 
 import pytest
 
@@ -22,9 +21,11 @@ import connection_manager.wiring as wiring
 from connection_manager.clock import FixedClock
 from connection_manager.config import Settings
 from connection_manager.service import ConnectionService
+from tests.support.capacity_meter import CapacityMeter
 from tests.support.dynamo_proxy import DynamoProxy
 from tests.support.engines import Engine
 from tests.support.fixtures import NOW
+from tests.support.threads import start_together
 from tests.support.wire import direct_client, stored_all
 
 pytestmark = pytest.mark.integration
@@ -42,38 +43,13 @@ def wire(engine: Engine, engine_proxy: DynamoProxy, monkeypatch: pytest.MonkeyPa
     return settings
 
 
-class Meter:
-    """Write units of every UpdateItem and PutItem a client sends, per table and index."""
-
-    def __init__(self, client: Any) -> None:
-        self.units: Counter[str] = Counter()
-
-        def ask(params: dict[str, Any], **_: Any) -> None:
-            params["ReturnConsumedCapacity"] = "INDEXES"
-
-        def add(parsed: dict[str, Any], **_: Any) -> None:
-            consumed = parsed.get("ConsumedCapacity") or {}
-            self.units["table"] += (consumed.get("Table") or {}).get("CapacityUnits", 0.0)
-            for name, part in (consumed.get("GlobalSecondaryIndexes") or {}).items():
-                self.units[name] += part.get("CapacityUnits", 0.0)
-
-        for operation in ("UpdateItem", "PutItem"):
-            client.meta.events.register(f"provide-client-params.dynamodb.{operation}", ask)
-            client.meta.events.register(f"after-call.dynamodb.{operation}", add)
-
-    def during(self, action: Callable[[], Any]) -> Counter[str]:
-        before = Counter(self.units)
-        action()
-        return Counter({name: units - before[name] for name, units in self.units.items() if units != before[name]})
-
-
 @pytest.mark.dynamodb_local
 @pytest.mark.parametrize("engine", ["dynamodb-local"], indirect=True)
 def test_lifetime_index__write_cost__paid_at_connect_and_disconnect_never_on_a_message(wire):
     # Given a service whose every write reports what it consumed, per index
     clock = FixedClock(NOW)
     service = ConnectionService(wire, clock, wiring.get_service().model)
-    meter = Meter(service.model._get_connection().connection.client)
+    meter = CapacityMeter(service.model._get_connection().connection.client)
 
     # When a connection registers, sends messages (the bucket moving once), heartbeats, disconnects
     connect = meter.during(lambda: service.register_connection("c1", "u1"))
@@ -116,26 +92,6 @@ class ThreadClock:
         return getattr(self._local, "now", NOW + timedelta(minutes=1))
 
 
-def _start_together(*targets: Callable[[], None]) -> None:
-    barrier = threading.Barrier(len(targets))
-    errors: list[BaseException] = []
-
-    def run(target: Callable[[], None]) -> None:
-        try:
-            barrier.wait(timeout=10)
-            target()
-        except BaseException as exc:  # surfaced below, so a failing thread fails the test
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(target,)) for target in targets]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not errors, errors
-    assert not any(thread.is_alive() for thread in threads)
-
-
 @pytest.mark.parametrize("cap", [1, 3])
 def test_connect__concurrent_registrations_of_one_user__converge_to_the_cap_newest(wire, cap):
     clock = ThreadClock()
@@ -158,7 +114,7 @@ def test_connect__concurrent_registrations_of_one_user__converge_to_the_cap_newe
                     reported.extend(item.connection_id for item in registration.evicted)
 
         # When they all connect at once
-        _start_together(*[lambda batch=order[i::4]: register(batch) for i in range(4)])
+        start_together(*[lambda batch=order[i::4]: register(batch) for i in range(4)])
 
         # Then, once they settle, the user has exactly `cap` CONNECTED rows: the newest ones
         rows = {cid: row for cid, row in stored_all(direct_client(wire_url())).items() if row["userId"] == user}

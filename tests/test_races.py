@@ -34,6 +34,7 @@ from tests.support.fixtures import *  # noqa: F401,F403
 from tests.support.fixtures import NOW, raw_item, raw_items
 from tests.support.dynamo_proxy import DynamoProxy
 from tests.support.engines import Engine
+from tests.support.threads import start_together
 from models.platform import is_reserved
 
 STALE_AFTER = 3600
@@ -182,26 +183,6 @@ def _seed(prefix: str, count: int, user: str = "u1", stale: bool = True) -> list
     return ids
 
 
-def _start_together(*targets: Callable[[], None]) -> None:
-    barrier = threading.Barrier(len(targets))
-    errors: list[BaseException] = []
-
-    def run(target: Callable[[], None]) -> None:
-        try:
-            barrier.wait(timeout=10)
-            target()
-        except BaseException as exc:  # surfaced below, so a failing thread fails the test
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(target,)) for target in targets]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not errors, errors
-    assert not any(thread.is_alive() for thread in threads)
-
-
 @pytest.mark.integration
 def test_heartbeats_during_a_sweep__every_acknowledged_heartbeat_survives(wire, monkeypatch):
     outcomes: Counter[int] = Counter()
@@ -245,8 +226,8 @@ def test_heartbeats_during_a_sweep__every_acknowledged_heartbeat_survives(wire, 
         sweeping = threading.Thread(target=lambda: sweep.append(sweeper.cleanup_stale_connections()))
         sweeping.start()
         assert reading_done.wait(timeout=60)
-        _start_together(*[lambda batch=early[i::3]: beat(batch) for i in range(3)])
-        _start_together(
+        start_together(*[lambda batch=early[i::3]: beat(batch) for i in range(3)])
+        start_together(
             writes_may_start.set, *[lambda batch=racing[i::3]: beat(batch) for i in range(3)]
         )
         sweeping.join(timeout=120)
@@ -310,7 +291,7 @@ def test_two_sweeps_at_once__each_row_counted_once(wire, monkeypatch):
         first_shard = sum(shard_for(cid) == 0 for cid in ids)
         results: list[Any] = []
 
-        _start_together(
+        start_together(
             lambda: results.append(first.cleanup_stale_connections()),
             lambda: results.append(second.cleanup_stale_connections()),
         )
@@ -341,7 +322,7 @@ def test_disconnect_user_while_the_user_registers__counts_are_exact(wire):
                 with lock:
                     registered.append(201 if created else 200)
 
-        _start_together(
+        start_together(
             lambda: counted.append(service.disconnect_user(user)),
             *[lambda batch=new_ids[i::4]: register(batch) for i in range(4)],
         )

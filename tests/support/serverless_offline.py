@@ -21,15 +21,14 @@ workers it started. Standard library only, and no pytest imports.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from tests.support import npm_package
 from tests.support.local_server import LOOPBACK, LocalServerProcess, free_port
 
 #: Pinned, so that every run tests against the same emulator.
@@ -83,43 +82,36 @@ def is_installed(directory: Path | None = None) -> bool:
 def ensure_installed() -> Path:
     """Install the packages when they are missing; return :func:`install_dir`.
 
-    ``npm install`` runs in a scratch folder beside the final one, which is renamed into
-    place under a file lock: an interrupted or concurrent install never leaves half a
-    tree. Install scripts are skipped: none of these packages needs one (the framework's
+    ``npm install`` runs in a scratch folder that
+    :func:`tests.support.npm_package.ensure_installed` renames into place under a file
+    lock. Install scripts are skipped: none of these packages needs one (the framework's
     only prints a banner).
     """
-    directory = install_dir()
-    if is_installed(directory):
-        return directory
-    if os.environ.get(DIR_ENV):
-        raise ServerlessOfflineError(f"{DIR_ENV}={directory} holds no {PACKAGES} in node_modules/")
-    npm = shutil.which("npm")
-    if npm is None:
-        raise ServerlessOfflineError("npm is needed to install serverless-offline; install Node.js (Debian: apt-get install npm)")
-    INSTALL_DIR.mkdir(parents=True, exist_ok=True)
-    with open(INSTALL_DIR / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if is_installed(directory):  # another process finished it while we waited
-            return directory
-        scratch = Path(tempfile.mkdtemp(dir=INSTALL_DIR, prefix="download-"))
-        try:
-            (scratch / "package.json").write_text(json.dumps({"private": True}) + "\n")
-            installed = subprocess.run(
-                [npm, "install", "--ignore-scripts", "--no-audit", "--no-fund", "--no-update-notifier",
-                 "--loglevel=error", *(f"{name}@{version}" for name, version in PACKAGES.items())],
-                cwd=scratch,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                env={**os.environ, **OFFLINE_ENVIRONMENT},
-            )
-            if installed.returncode != 0 or not is_installed(scratch):
-                raise ServerlessOfflineError(f"npm install {PACKAGES} failed:\n{installed.stderr[-2000:]}")
-            shutil.rmtree(directory, ignore_errors=True)
-            scratch.rename(directory)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-    return directory
+    return npm_package.ensure_installed(
+        install_dir(),
+        root=INSTALL_DIR,
+        is_installed=is_installed,
+        fetch=_fetch,
+        error=ServerlessOfflineError,
+        what="serverless-offline",
+        override_env=DIR_ENV,
+        expected=f"{PACKAGES} in node_modules/",
+    )
+
+
+def _fetch(npm: str, scratch: Path) -> Path:
+    """``scratch`` itself, once its ``node_modules`` holds both packages."""
+    (scratch / "package.json").write_text(json.dumps({"private": True}) + "\n")
+    installed = npm_package.run_npm(
+        npm,
+        ["install", "--ignore-scripts", "--no-audit", "--no-fund", "--no-update-notifier",
+         "--loglevel=error", *(f"{name}@{version}" for name, version in PACKAGES.items())],
+        scratch,
+        env={**os.environ, **OFFLINE_ENVIRONMENT},
+    )
+    if installed.returncode != 0 or not is_installed(scratch):
+        raise ServerlessOfflineError(f"npm install {PACKAGES} failed:\n{installed.stderr[-2000:]}")
+    return scratch
 
 
 def node_command() -> str:
@@ -262,16 +254,9 @@ class ServerlessOffline(LocalServerProcess):
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m tests.support.serverless_offline install``: what ``scripts/test`` runs."""
-    args = sys.argv[1:] if argv is None else argv
-    if args != ["install"]:
-        print("usage: python -m tests.support.serverless_offline install", file=sys.stderr)
-        return 2
-    try:
-        print(ensure_installed())
-    except ServerlessOfflineError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
+    return npm_package.install_main(
+        argv, module="tests.support.serverless_offline", install=ensure_installed, error=ServerlessOfflineError
+    )
 
 
 if __name__ == "__main__":
