@@ -96,7 +96,7 @@ def _with_not_closed(body: Body, not_closed: int) -> Body:
 def _cleanup(svc: ConnectionService, p: s.CleanupStaleConnections, inv: Invocation) -> Result:
     result = svc.cleanup_stale_connections(p.staleAfterSeconds, p.dryRun, inv.time_left_ms)
     record_sweep(result)
-    body = result.to_body()
+    body = _with_not_closed(result.to_body(), result.not_closed)
     if not p.dryRun:
         _after_sweep(svc, body, inv)
     return 200, body

@@ -361,6 +361,8 @@ class CleanupResult(Struct, omit_defaults=True):
     durationMs: int
     #: Live connections counted by the snapshot taken after a real sweep.
     activeConnections: int | None = None
+    #: Rows past their lifetime, or open but idle at the gateway, whose socket stayed open.
+    notClosedCount: NotClosed | None = None
 
 
 class DisconnectResult(Struct, omit_defaults=True):

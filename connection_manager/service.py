@@ -86,6 +86,8 @@ NOT_CONNECTED = "not_connected"  # no such row, or not CONNECTED: nothing change
 
 #: A stale-looking row API Gateway said was active: it took the gateway's time instead.
 RECONCILED = "reconciled"
+#: A row the sweep marked whose socket API Gateway could not be made to close.
+NOT_CLOSED = "not closed"
 
 
 #: Items a filtered page may read (``sourceIp``, ``userAgent``: filter expressions, so
@@ -159,6 +161,9 @@ class SweepResult(msgspec.Struct, frozen=True):
     reconciled: int = 0
     #: Rows with an endpoint the gateway could not be asked about: swept as before.
     unreconciled: int = 0
+    #: Rows marked whose socket may still be open (past their lifetime, or alive but idle at
+    #: the gateway) and that API Gateway could not be made to close.
+    not_closed: int = 0
 
     def to_body(self) -> dict[str, Any]:
         return {
@@ -981,7 +986,7 @@ class ConnectionService:
                 # before the write would start (waiting for the slot takes time too).
                 lifetime_outcome = self._write_all(
                     (row.connection_id for row in expired()),
-                    lambda cid: self._expire_one(cid, born_before),
+                    lambda cid: self._expire_one(cid, born_before, tally),
                     stop=out_of_time,
                 )
                 stale_outcome = BulkOutcome(stopped=True)
@@ -1026,6 +1031,7 @@ class ConnectionService:
             gone=tally[GONE],
             reconciled=tally[RECONCILED],
             unreconciled=tally[UNREACHABLE],
+            not_closed=tally[NOT_CLOSED],
         )
         failures = [failure for outcome in outcomes for failure in outcome.failures]
         if failures:
@@ -1137,8 +1143,10 @@ class ConnectionService:
                     if self._take_gateway_time(connection_id, min(active, self.clock())):
                         tally.add(RECONCILED)
                     return SKIPPED
-            else:
-                tally.add(UNREACHABLE)
+                # Open but idle at the gateway too: marked stale, and its socket closed so
+                # the row and API Gateway agree.
+                return self._sweep_one(connection_id, cutoff, tally)
+            tally.add(UNREACHABLE)
         return self._sweep_one(connection_id, cutoff)
 
     def _take_gateway_time(self, connection_id: str, active: datetime) -> bool:
@@ -1150,17 +1158,25 @@ class ConnectionService:
         actions = [ConnectionModel.last_active_at.set(active), *_live_index_actions(connection_id, active, self.model)]
         return self._conditional_update(row, actions, condition, "sweep reconcile")
 
-    def _sweep_one(self, connection_id: str, cutoff: datetime) -> str:
-        """Mark one row stale if it still is; take a DISCONNECTED row met in the index out of it."""
+    def _sweep_one(self, connection_id: str, cutoff: datetime, close: _Tally | None = None) -> str:
+        """Mark one row stale if it still is; take a DISCONNECTED row met in the index out of it.
+
+        With ``close`` (the gateway said the socket is open), the marked row's socket is closed
+        and a failure to close counted there."""
         condition = (ConnectionModel.status == CONNECTED) & (ConnectionModel.last_active_at < cutoff)
-        return self._sweep_write(connection_id, DisconnectReason.STALE, condition)
+        return self._sweep_write(connection_id, DisconnectReason.STALE, condition, close)
 
-    def _expire_one(self, connection_id: str, born_before: int) -> str:
-        """Mark one row ``lifetime`` if it is still CONNECTED and was created before ``born_before``."""
+    def _expire_one(self, connection_id: str, born_before: int, close: _Tally | None = None) -> str:
+        """Mark one row ``lifetime`` if it is still CONNECTED and was created before ``born_before``.
+
+        API Gateway closes sockets at 2 hours on its own; a shorter lifetime needs the close
+        sent, so every marked row with an endpoint gets one (410, already closed, is success)."""
         condition = (ConnectionModel.status == CONNECTED) & (ConnectionModel.live_since < born_before)
-        return self._sweep_write(connection_id, DisconnectReason.LIFETIME, condition)
+        return self._sweep_write(connection_id, DisconnectReason.LIFETIME, condition, close)
 
-    def _sweep_write(self, connection_id: str, reason: DisconnectReason, condition: Any) -> str:
+    def _sweep_write(
+        self, connection_id: str, reason: DisconnectReason, condition: Any, close: _Tally | None = None
+    ) -> str:
         row = self.model(connection_id)
         write_id = _new_write_id()
         applied, current = self._update_or_current(
@@ -1168,6 +1184,9 @@ class ConnectionService:
         )
         if applied or (current is not None and current.write_id == write_id):
             self.platform.count(connection_id, -1)
+            # The write's answer holds the row (its endpoint too): closing costs no read.
+            if close is not None and not self._close_socket(row if applied else current):
+                close.add(NOT_CLOSED)
             return APPLIED
         if current is not None and current.status != CONNECTED and current.active_shard is not None:
             return self._leave_index(connection_id)

@@ -176,9 +176,9 @@ def test_sweep__lost_answer_but_the_client_disconnected_first__not_counted(
     [connection_id] = _stale_rows(moto, 1)
     original = wired._sweep_one
 
-    def client_disconnects_first(cid: str, cutoff: Any) -> str:
+    def client_disconnects_first(cid: str, cutoff: Any, *rest: Any) -> str:
         assert lambda_handler(websocket_event("websocket_disconnect", cid), FakeLambdaContext())["statusCode"] == 200
-        return original(cid, cutoff)
+        return original(cid, cutoff, *rest)
 
     wired._sweep_one = client_disconnects_first  # type: ignore[method-assign]
     dynamo_proxy.inject("drop", count=1, operations={"UpdateItem"}, phase="after")  # the client's write

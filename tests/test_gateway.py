@@ -20,7 +20,7 @@ from connection_manager.handler import lambda_handler
 from connection_manager.operations import run_action
 from tests.support.events import load_event
 from tests.support.fixtures import *  # noqa: F401,F403
-from tests.support.fixtures import ENDPOINT, NOW, iso, raw_item
+from tests.support.fixtures import ENDPOINT, FIXTURE_LIFETIME_SECONDS, NOW, iso, raw_item
 
 
 def ok(service: Any, action: str, **payload: Any) -> dict[str, Any]:
@@ -291,9 +291,10 @@ def test_cleanup__asks_the_gateway_before_marking(service, sweep_rows):
     assert body["cleanedCount"] == 3 and body["goneCount"] == 1
     assert body["reconciledCount"] == 1 and body["unreconciledCount"] == 0
     assert body["skippedCount"] == 0 and body["complete"] is True
-    # Only the stale rows with an endpoint were asked about, with GetConnection
+    # Only the stale rows with an endpoint were asked about, with GetConnection; the one open
+    # but idle at the gateway too was then closed
     assert sorted((c.method, c.connection_id) for c in sweep_rows.calls) == [
-        ("GET", "gone"), ("GET", "idle"), ("GET", "receiver")
+        ("DELETE", "idle"), ("GET", "gone"), ("GET", "idle"), ("GET", "receiver")
     ]
 
 
@@ -339,6 +340,63 @@ def test_cleanup__gateway_calls_are_concurrent_and_bounded(service, settings, ma
     # Then every row is gone, asked about several at a time but within the bound
     assert body["goneCount"] == 12
     assert 1 < gateway.max_in_flight <= settings.sweep_concurrency
+
+
+def test_cleanup__open_but_idle_at_the_gateway__marked_stale_and_closed(service, sweep_rows):
+    # When the sweep marks a row whose socket API Gateway still holds (idle there too)
+    body = ok(service, "cleanup_stale_connections")
+
+    # Then the socket is closed as well, so the row and API Gateway agree
+    assert raw_item("idle")["disconnectReason"] == "stale"
+    assert not sweep_rows.is_open("idle")
+    assert sweep_rows.is_open("receiver") and sweep_rows.is_open("fresh")
+    assert "notClosedCount" not in body
+
+
+def test_cleanup__rows_past_their_lifetime__sockets_closed(service, make_connection, gateway):
+    # Given rows past the lifetime (set shorter than API Gateway's own 2 hours, so a socket
+    # can still be open), one of them already closed at the gateway, one without an endpoint
+    old = timedelta(seconds=FIXTURE_LIFETIME_SECONDS + 60)
+    make_connection("open", age=old, endpoint=ENDPOINT)
+    gateway.open("open", NOW - old, NOW)
+    make_connection("closed", age=old, endpoint=ENDPOINT)
+    make_connection("foreign", age=old)
+    make_connection("young", endpoint=ENDPOINT)
+    gateway.open("young", NOW, NOW)
+
+    # When the sweep runs
+    body = ok(service, "cleanup_stale_connections")
+
+    # Then all three are marked lifetime, and the two sockets it knows of are closed (410 counts
+    # as closed); the young connection is left alone
+    assert body["lifetimeCount"] == 3 and "notClosedCount" not in body
+    assert {raw_item(cid)["disconnectReason"] for cid in ("open", "closed", "foreign")} == {"lifetime"}
+    assert sorted((c.method, c.connection_id, c.status) for c in gateway.calls) == [
+        ("DELETE", "closed", 410), ("DELETE", "open", 204)
+    ]
+    assert not gateway.is_open("open") and gateway.is_open("young")
+
+
+def test_cleanup__lifetime_socket_not_closed__marked_and_reported(service, make_connection, gateway):
+    # Given a row past its lifetime whose close API Gateway refuses (the role lacks the permission)
+    old = timedelta(seconds=FIXTURE_LIFETIME_SECONDS + 60)
+    make_connection("c1", age=old, endpoint=ENDPOINT)
+    gateway.open("c1", NOW - old, NOW)
+    gateway.forbid(1)
+
+    # When the sweep runs
+    body = ok(service, "cleanup_stale_connections")
+
+    # Then the row is marked all the same and the answer says one socket stayed open
+    assert body["lifetimeCount"] == 1 and body["notClosedCount"] == 1
+    assert raw_item("c1")["disconnectReason"] == "lifetime"
+
+
+def test_cleanup__dry_run__closes_nothing(service, make_connection, gateway):
+    make_connection("c1", age=timedelta(seconds=FIXTURE_LIFETIME_SECONDS + 60), endpoint=ENDPOINT)
+    gateway.open("c1", NOW, NOW)
+    body = ok(service, "cleanup_stale_connections", dryRun=True)
+    assert body["lifetimeCount"] == 1 and gateway.calls == [] and gateway.is_open("c1")
 
 
 # --- the demo stays on loopback -----------------------------------------------------------

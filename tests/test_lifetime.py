@@ -135,9 +135,9 @@ def test_cleanup__a_row_disconnected_between_read_and_write__keeps_its_own_reaso
     make_connection("c1", age=timedelta(hours=3))
     original = service._expire_one
 
-    def client_disconnects_first(connection_id: str, born_before: int) -> str:
+    def client_disconnects_first(connection_id: str, born_before: int, *rest: Any) -> str:
         service.disconnect(connection_id, DisconnectReason.CLIENT)
-        return original(connection_id, born_before)
+        return original(connection_id, born_before, *rest)
 
     monkeypatch.setattr(service, "_expire_one", client_disconnects_first)
 

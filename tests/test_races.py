@@ -57,9 +57,9 @@ def _hook_before_sweep_write(
     """Run ``hook(connection_id)`` after the sweep has read a row and before it writes it."""
     original = service._sweep_one
 
-    def sweep_one(connection_id: str, cutoff: Any) -> str:
+    def sweep_one(connection_id: str, cutoff: Any, *rest: Any) -> str:
         hook(connection_id)
-        return original(connection_id, cutoff)
+        return original(connection_id, cutoff, *rest)
 
     monkeypatch.setattr(service, "_sweep_one", sweep_one)
 
@@ -270,13 +270,15 @@ def _hold_writes_until_both_sweeps_write(monkeypatch: pytest.MonkeyPatch, *servi
     for service in services:
         original = service._sweep_one
 
-        def sweep_one(connection_id: str, cutoff: Any, original: Any = original, key: int = id(service)) -> str:
+        def sweep_one(
+            connection_id: str, cutoff: Any, *rest: Any, original: Any = original, key: int = id(service)
+        ) -> str:
             with lock:
                 arrived.add(key)
                 if len(arrived) == len(services):
                     everyone.set()
             everyone.wait(timeout=10)
-            return original(connection_id, cutoff)
+            return original(connection_id, cutoff, *rest)
 
         monkeypatch.setattr(service, "_sweep_one", sweep_one)
 

@@ -195,9 +195,9 @@ def test_deadline_passes_while_waiting_for_a_write_slot__no_new_write_starts(set
     first_may_finish = threading.Event()
     original = service._sweep_one
 
-    def sweep_one(connection_id: str, cutoff: Any) -> str:
+    def sweep_one(connection_id: str, cutoff: Any, *rest: Any) -> str:
         first_may_finish.wait(timeout=30)  # a guard against hanging, not a timing assumption
-        return original(connection_id, cutoff)
+        return original(connection_id, cutoff, *rest)
 
     monkeypatch.setattr(service, "_sweep_one", sweep_one)
 
