@@ -493,6 +493,16 @@ def _json_type(value: Any) -> str:
     return type(value).__name__
 
 
+#: What each documented pattern means, said in words: msgspec names the raw regex, which
+#: tells a caller nothing (the whitespace class alone is 80 characters of escapes).
+_PATTERN_WORDS = {
+    TOKEN_PATTERN: "a token from a previous page's `nextToken`",
+    NOT_BLANK: "text that is not blank",
+}
+
+
 def _readable(message: str) -> str:
     """msgspec says ``... - at `$.userId```; callers know their fields without the ``$.``."""
+    for pattern, words in _PATTERN_WORDS.items():
+        message = message.replace(f"`str` matching regex {pattern!r}", words)
     return message.replace("`$.", "`").replace("`$`", "the request")

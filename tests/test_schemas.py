@@ -154,6 +154,20 @@ def test_key__blank_means_exactly_the_documented_class_which_is_what_str_isspace
         assert s.parse(s.DisconnectUser, {"userId": value}).userId == value
 
 
+@pytest.mark.parametrize(
+    ("schema", "data", "expected"),
+    [
+        (s.GetAllConnections, {"nextToken": "abc"}, "Expected a token from a previous page's `nextToken` - at `nextToken`"),
+        (s.GetAllConnections, {"userAgent": " \u3000"}, "Expected text that is not blank - at `userAgent`"),
+    ],
+)
+def test_pattern_errors__say_what_is_expected_in_words_not_as_a_regex(schema, data, expected):
+    with pytest.raises(ValidationError) as raised:
+        s.parse(schema, data, strict=False)
+    assert raised.value.message == expected
+    assert "regex" not in raised.value.message
+
+
 def test_key__the_document_carries_the_same_pattern():
     schema = msgspec.json.schema(s.DisconnectUser)["$defs"]["DisconnectUser"]["properties"]["userId"]
     assert schema["pattern"] == s.NOT_BLANK
