@@ -180,7 +180,11 @@ def check_environment() -> None:
 
 
 def check_zip(zappa_cli: Any) -> None:
-    """Zappa's ``zip`` callback: refuse the built zip before it is uploaded, and remove it."""
+    """Zappa's ``zip`` callback: refuse the built zip before it is uploaded, and remove it.
+
+    It also warns (on stderr, without refusing) when the stage still holds the shipped
+    WebSocket API placeholder: such a function runs, but may not close a socket.
+    """
     package = Path(zappa_cli.zip_path)
     problems = package_problems(package)
     if problems:
@@ -190,6 +194,39 @@ def check_zip(zappa_cli: Any) -> None:
             "Check zappa_settings.json's `exclude` and the environment Zappa packaged "
             f"({zappa_cli.zappa.get_current_venv()})."
         )
+    for warning in placeholder_warnings(getattr(zappa_cli, "stage_config", None) or {}, Path.cwd()):
+        print(f"warning: {warning}", file=sys.stderr)
+
+
+#: What ``zappa_settings.json`` and the policy files ship in place of the WebSocket API's id.
+PLACEHOLDER = "REPLACE_WITH_WEBSOCKET_API_ID"
+
+
+def placeholder_warnings(stage_config: dict[str, Any], project: Path) -> list[str]:
+    """Where a stage still holds :data:`PLACEHOLDER` (empty once both are set).
+
+    Not a refusal: a platform may deploy before its WebSocket API exists, and the function
+    works without it (the gateway calls are refused, logged once, and counted). But a
+    placeholder grants nothing, so it is said at every build rather than found in the logs.
+    """
+    places = []
+    variables = stage_config.get("aws_environment_variables") or {}
+    if PLACEHOLDER in str(variables.get("WEBSOCKET_API_ID", "")):
+        places.append("aws_environment_variables.WEBSOCKET_API_ID")
+    policy = stage_config.get("attach_policy")
+    if policy:
+        try:
+            if PLACEHOLDER in (project / policy).read_text(encoding="utf-8"):
+                places.append(str(policy))
+        except OSError:
+            pass  # Zappa itself reports a policy file it cannot read
+    if not places:
+        return []
+    return [
+        f"{' and '.join(places)} still hold {PLACEHOLDER}: the function will not be allowed to close "
+        "sockets or ask API Gateway about them (execute-api:ManageConnections). Set your WebSocket "
+        "API's id in both (README, \"The IAM policy\")."
+    ]
 
 
 def zappa_command() -> list[str]:

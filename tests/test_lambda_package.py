@@ -200,6 +200,28 @@ def test_check_zip__good_package__kept(tmp_path: Path) -> None:
     assert package.exists()
 
 
+def test_check_zip__placeholder_api_id__warns_and_keeps_the_zip(tmp_path: Path, monkeypatch, capsys) -> None:
+    # Given a stage as shipped: the WebSocket API id is still the placeholder in its settings and policy
+    monkeypatch.chdir(ROOT)
+    stage_config = json.loads((ROOT / "zappa_settings.json").read_text())["dev"]
+    package = _zip(tmp_path / "p.zip", GOOD)
+
+    # When the zip callback runs
+    lambda_package.check_zip(SimpleNamespace(zip_path=str(package), stage_config=stage_config))
+
+    # Then the package is kept, and one warning names both places and the permission they deny
+    assert package.exists()
+    [warning] = capsys.readouterr().err.splitlines()
+    assert warning.startswith("warning: aws_environment_variables.WEBSOCKET_API_ID and deploy/iam-policy-dev.json")
+    assert "execute-api:ManageConnections" in warning
+
+
+def test_placeholder_warnings__api_id_set_in_both__none(tmp_path: Path) -> None:
+    (tmp_path / "policy.json").write_text('{"Resource": "arn:aws:execute-api:*:*:abc123/dev/DELETE/@connections/*"}')
+    stage_config = {"aws_environment_variables": {"WEBSOCKET_API_ID": "abc123"}, "attach_policy": "policy.json"}
+    assert lambda_package.placeholder_warnings(stage_config, tmp_path) == []
+
+
 def test_environment_problems__this_virtualenv__none() -> None:
     assert lambda_package.environment_problems(Path(sys.prefix)) == []
 
