@@ -21,6 +21,7 @@ import csv
 import json
 import os
 import re
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -278,7 +279,6 @@ def wait_for_listing(page: Any, server_url: str, **query: Any) -> None:
     (a row crosses the threshold). It only grows: whatever the page shows must hold every
     row the API listed before and no row the API does not list now.
     """
-    import time
 
     before = listed_ids(server_url, limit=1000, **query)
     deadline = time.monotonic() + 30
