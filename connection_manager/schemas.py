@@ -344,6 +344,8 @@ class StatusChangeResult(Struct, omit_defaults=True):
 class CleanupResult(Struct, omit_defaults=True):
     message: str
     cleanedCount: int
+    lifetimeCount: Annotated[int, Meta(description="Connections older than MAX_CONNECTION_LIFETIME_SECONDS: DISCONNECTED "
+                                       "with reason `lifetime` (counted in cleanedCount too).")]
     dryRun: bool
     complete: bool
     scannedCount: int
@@ -358,9 +360,13 @@ class CleanupResult(Struct, omit_defaults=True):
                                            "(unreachable after retries): swept as before.")]
     staleAfterSeconds: int
     cutoff: Timestamp
+    lifetimeCutoff: Annotated[
+        str, Meta(description="ISO-8601 UTC with a Z suffix: connections created before this are past their lifetime.")
+    ]
     durationMs: int
-    #: Live connections counted by the snapshot taken after a real sweep.
-    activeConnections: int | None = None
+    activeConnections: Annotated[
+        int, Meta(description="Live connections counted by the snapshot taken after a real sweep (absent in a dry run).")
+    ] | None = None
     #: Rows past their lifetime, or open but idle at the gateway, whose socket stayed open.
     notClosedCount: NotClosed | None = None
 

@@ -11,6 +11,7 @@ import re
 import threading
 import urllib.parse
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -27,7 +28,7 @@ from connection_manager.service import ConnectionService
 from connection_manager.tokens import Cursor
 from tests.support.events import load_event
 from tests.support.fixtures import *  # noqa: F403
-from tests.support.fixtures import TABLE, raw_item
+from tests.support.fixtures import ENDPOINT, FIXTURE_LIFETIME_SECONDS, NOW, TABLE, raw_item
 
 TOKEN = "agreement-admin-token"
 
@@ -244,3 +245,63 @@ def test_serve__worst_case_path_and_a_token_one_too_long__json_400_not_414(serve
     # Then the request line still fits and the app refuses the token itself, as the document says
     assert (status, content_type) == (400, "application/json"), body[:200]
     assert b"nextToken" in body
+
+
+# Every field a response holds is documented ----------------------------------------------------
+
+
+def undocumented(value: Any, schema: dict[str, Any], components: dict[str, Any], at: str = "$") -> list[str]:
+    """Paths in ``value`` that ``schema`` does not describe (schemathesis cannot see these:
+    the document does not forbid additional properties, so an undocumented field passes)."""
+    if "$ref" in schema:
+        return undocumented(value, components[schema["$ref"].rsplit("/", 1)[1]], components, at)
+    for union in ("anyOf", "oneOf"):
+        if union in schema:
+            return min((undocumented(value, branch, components, at) for branch in schema[union]), key=len)
+    if isinstance(value, dict) and "properties" in schema:
+        known = schema["properties"]
+        problems = [f"{at}.{key}" for key in value if key not in known]
+        for key in known.keys() & value.keys():
+            problems += undocumented(value[key], known[key], components, f"{at}.{key}")
+        return problems
+    if isinstance(value, list) and "items" in schema:
+        items = schema["items"]
+        return [problem for i, item in enumerate(value) for problem in undocumented(item, items, components, f"{at}[{i}]")]
+    return []
+
+
+def test_responses__every_field_returned_is_documented(client: FlaskClient, make_connection: Any, gateway: Any) -> None:
+    # Given live, stale, expired and historical rows (one expired socket the gateway refuses to close)
+    make_connection("live", user_id="u1", metadata={"room": "lobby"})
+    make_connection("stale", user_id="u1", idle=timedelta(hours=2))
+    make_connection("expired", user_id="u2", age=timedelta(seconds=FIXTURE_LIFETIME_SECONDS + 60), endpoint=ENDPOINT)
+    make_connection("old", user_id="u1", status="DISCONNECTED")
+    gateway.open("expired", NOW - timedelta(days=2), NOW)
+    gateway.forbid(1)
+    document = client.get("/openapi.json").get_json()
+    components = document["components"]["schemas"]
+
+    # When every documented route answers (the cleanup as a dry run, then for real)
+    requests = [  # (method, URL, the document's path, body)
+        ("GET", "/health", "/health", None),
+        ("GET", "/stats", "/stats", None),
+        ("GET", "/connections?limit=1", "/connections", None),
+        ("POST", "/connections/cleanup", "/connections/cleanup", {"dryRun": True}),
+        ("POST", "/connections/cleanup", "/connections/cleanup", {}),
+        ("GET", "/stats/history", "/stats/history", None),
+        ("GET", "/connections/live", "/connections/{connectionId}", None),
+        ("PATCH", "/connections/live", "/connections/{connectionId}", {"status": "DISCONNECTED"}),
+        ("GET", "/users/u1/connections?status=DISCONNECTED", "/users/{userId}/connections", None),
+        ("POST", "/users/u1/disconnect", "/users/{userId}/disconnect", None),
+    ]
+    problems, answers = [], []
+    for method, url, path, body in requests:
+        response = client.open(url, method=method, json=body)
+        assert response.status_code == 200, (method, url, response.get_json())
+        answers.append(response.get_json())
+        schema = document["paths"][path][method.lower()]["responses"]["200"]["content"]["application/json"]["schema"]
+        problems += [f"{method} {url}: {field}" for field in undocumented(response.get_json(), schema, components)]
+
+    # Then the document describes every field they hold, the sweep's own included
+    assert problems == []
+    assert answers[4]["lifetimeCount"] == 1 and answers[4]["notClosedCount"] == 1 and "activeConnections" in answers[4]
