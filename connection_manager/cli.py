@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 import sys
 from typing import Any, Sequence
 
@@ -196,9 +197,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     setup_logging()  # audit lines (and warnings) on stderr; stdout stays the command's output
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a reader gone (`| head`) shows here, not as a traceback at exit
+        return code
     except ConnectionManagerError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # Stop quietly, as other command-line tools do; stdout goes nowhere from here on, so
+        # the interpreter's own flush at exit cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
 
 

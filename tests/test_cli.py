@@ -5,6 +5,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from datetime import timedelta
 
 import pytest
@@ -75,6 +78,25 @@ def test_invoke__not_json_exits_2_with_a_400_body(capsys, handler_service):
     assert response["statusCode"] == 400
     assert response["body"]["error"] == "ValidationError"
     assert "JSON" in response["body"]["message"]
+
+
+def test_invoke__reader_gone__stops_quietly_without_a_traceback():
+    # Given stdout is a pipe whose reader has already gone (`connection-manager invoke ... | head -0`)
+    reader, writer = os.pipe()
+    os.close(reader)
+
+    # When the command prints its answer
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "connection_manager.cli", "invoke", "{not json"],
+            stdout=writer, stderr=subprocess.PIPE, text=True, timeout=60,
+        )
+    finally:
+        os.close(writer)
+
+    # Then it ends with an exit status and no traceback
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done.stderr
 
 
 def test_invoke__scheduled_event(capsys, handler_service, make_connection):
