@@ -12,6 +12,7 @@ Time is a ``FixedClock`` in both, so "near the cutoff" is exact and nothing slee
 """
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import threading
@@ -173,9 +174,11 @@ def _raw_items(settings: Settings) -> dict[str, dict[str, Any]]:
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
-def _seed(prefix: str, count: int, user: str = "u1", stale: bool = True) -> list[str]:
-    """Rows idle 1 to 30 seconds past the cutoff (all stale, all just barely), or fresh ones."""
-    ids = [f"{prefix}-{index:03d}" for index in range(count)]
+def _seed(prefix: str, count: int, user: str = "u1", stale: bool = True, shard: int | None = None) -> list[str]:
+    """Rows idle 1 to 30 seconds past the cutoff (all stale, all just barely), or fresh ones;
+    with ``shard``, only ids that fall in that live shard."""
+    candidates = (f"{prefix}-{index:03d}" for index in itertools.count())
+    ids = list(itertools.islice((c for c in candidates if shard is None or shard_for(c) == shard), count))
     with ConnectionModel.batch_write() as batch:
         for index, connection_id in enumerate(ids):
             idle = timedelta(seconds=STALE_AFTER + 1 + index % 30) if stale else timedelta(0)
@@ -259,10 +262,11 @@ def test_heartbeats_during_a_sweep__every_acknowledged_heartbeat_survives(wire, 
 def _hold_writes_until_both_sweeps_write(monkeypatch: pytest.MonkeyPatch, *services: ConnectionService) -> None:
     """No sweep writes before every sweep is ready to write.
 
-    A sweep fetches a shard's page of stale rows before its first write, so once the
-    gate opens every sweep holds the same first-shard rows and races the others for
-    each of them. Without it the first sweep to start often finishes before the other
-    reads anything, and nothing is contended.
+    A sweep fetches a shard's whole page of stale rows before its first write; with every
+    row in one shard, once the gate opens each sweep holds all of them and races the other
+    for each one. Without the gate the first sweep to start often finishes before the other
+    reads anything, and nothing is contended. (Rows spread over shards would make that
+    depend on which shard's answer came first, a matter of scheduling.)
     """
     lock = threading.Lock()
     arrived: set[int] = set()
@@ -277,7 +281,9 @@ def _hold_writes_until_both_sweeps_write(monkeypatch: pytest.MonkeyPatch, *servi
                 arrived.add(key)
                 if len(arrived) == len(services):
                     everyone.set()
-            everyone.wait(timeout=10)
+            # A guard against hanging, not a timing assumption: a sweep that went on alone
+            # would fail its write (and the test) instead of quietly racing nobody.
+            assert everyone.wait(timeout=120), "the other sweep never reached its first write"
             return original(connection_id, cutoff, *rest)
 
         monkeypatch.setattr(service, "_sweep_one", sweep_one)
@@ -289,8 +295,7 @@ def test_two_sweeps_at_once__each_row_counted_once(wire, monkeypatch):
         first = ConnectionService(wire, FixedClock(NOW))
         second = ConnectionService(wire, FixedClock(NOW))
         _hold_writes_until_both_sweeps_write(monkeypatch, first, second)
-        ids = _seed(f"s{trial}", 24)
-        first_shard = sum(shard_for(cid) == 0 for cid in ids)
+        ids = _seed(f"s{trial}", 24, shard=0)
         results: list[Any] = []
 
         start_together(
@@ -301,8 +306,9 @@ def test_two_sweeps_at_once__each_row_counted_once(wire, monkeypatch):
         items = {cid: item for cid, item in _raw_items(wire).items() if cid.startswith(f"s{trial}-")}
         assert all(items[cid]["disconnectReason"] == "stale" for cid in ids)
         assert sum(result.cleaned for result in results) == len(ids)
-        # Both sweeps held every first-shard row; for each, exactly one write won.
-        assert sum(result.skipped for result in results) >= first_shard > 0
+        # Both sweeps held every row; for each, exactly one write won and the other was skipped.
+        assert [result.cleaned + result.skipped for result in results] == [len(ids), len(ids)]
+        assert sum(result.skipped for result in results) == len(ids)
         assert all(result.failed == 0 and result.complete for result in results)
         assert_index_invariant(list(items.values()))
 
