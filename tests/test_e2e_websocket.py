@@ -76,7 +76,7 @@ def wait_for(check: Callable[[], T | None], what: str, offline: ServerlessOfflin
         if answer:
             return answer
         if time.monotonic() > deadline:
-            pytest.fail(f"no {what} within {WAIT_SECONDS:.0f}s; serverless-offline said:\n{offline.full_output()[-4000:]}")
+            pytest.fail(f"no {what} within {WAIT_SECONDS:.0f}s; serverless-offline said:\n{offline.output()}")
         time.sleep(0.05)
 
 
@@ -155,7 +155,7 @@ def test_websocket__admin_disconnect__closes_the_socket_and_the_row_keeps_reason
     assert closes(client)
     # And the gateway's $disconnect that follows leaves the admin's reason in place
     wait_for(
-        lambda: f"audit apigateway:$disconnect disconnect connectionId={connection_id} -> " in offline.full_output(),
+        lambda: f"audit apigateway:$disconnect disconnect connectionId={connection_id} -> " in offline.output(last=None),
         "$disconnect handled",
         offline,
     )
@@ -182,7 +182,7 @@ def test_websocket__third_connect_over_a_cap_of_two__closes_the_oldest_client(
     assert still_open(middle) and still_open(newest)
     # And what is stored: the oldest evicted (its own $disconnect changes nothing), the two newest live
     wait_for(
-        lambda: f"audit apigateway:$disconnect disconnect connectionId={oldest_id} -> " in offline.full_output(),
+        lambda: f"audit apigateway:$disconnect disconnect connectionId={oldest_id} -> " in offline.output(last=None),
         "$disconnect of the evicted client handled",
         offline,
     )

@@ -214,15 +214,16 @@ class LocalServerProcess(LocalServer):
         finally:
             conn.close()
 
-    def output(self) -> str:
-        """Everything the server wrote to stdout and stderr so far (for error messages)."""
+    def output(self, last: int | None = 4000) -> str:
+        """What the server wrote to stdout and stderr so far: the ``last`` characters (enough
+        for an error message), or all of it with ``last=None`` (to look for a log line)."""
         if self._log is None:
             return ""
         self._log.flush()
         self._log.seek(0)
         text = self._log.read().decode("utf-8", "replace")
         self._log.seek(0, os.SEEK_END)
-        return text[-4000:]
+        return text if last is None else text[-last:]
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop the server, waiting at most ``timeout`` seconds (:attr:`stop_timeout` by default)."""

@@ -241,15 +241,6 @@ class ServerlessOffline(LocalServerProcess):
             self._home.cleanup()
             self._home = None
 
-    def full_output(self) -> str:
-        """Everything the emulator and the handler wrote so far (the handler's log lines included)."""
-        if self._log is None:
-            return ""
-        self._log.flush()
-        self._log.seek(0)
-        text = self._log.read().decode("utf-8", "replace")
-        self._log.seek(0, os.SEEK_END)
-        return text
 
 
 def main(argv: list[str] | None = None) -> int:
