@@ -34,6 +34,8 @@ setup(
             "playwright>=1.45",
             "zappa==0.63.0",
             "websockets>=13",
+            "mkdocs>=1.6,<2",
+            "mkdocs-material>=9.5,<10",
         ],
     },
     entry_points={"console_scripts": ["connection-manager=connection_manager.cli:main"]},

@@ -257,7 +257,7 @@ def test_required__covers_every_runtime_requirement_of_setup_py() -> None:
 def test_dev_only__covers_every_dev_tool_of_setup_py() -> None:
     # Given the `dev` extra (Zappa aside: its handler ships)
     requires = importlib.metadata.distribution("connection-manager").requires or []
-    dev = {r.split(";")[0].split("[")[0].split(">")[0].split("=")[0].strip() for r in requires if "extra ==" in r}
+    dev = {re.split(r"[\[<>=!~;]", r)[0].strip() for r in requires if "extra ==" in r}
     # Then each tool's modules are refused in the zip
     for tool in dev - {"zappa"}:
         assert _import_names(tool) & set(lambda_package.DEV_ONLY), tool
