@@ -1,7 +1,7 @@
 """The capacity model: what N live connections cost and how many live-index shards carry them.
 
-Pure arithmetic, no DynamoDB: the settings size the live index from it, and the README's
-"Capacity model" table is printed from it, so the documented numbers and the running
+Pure arithmetic, no DynamoDB: the settings size the live index from it, and the table of
+``docs/capacity.md`` is printed from it, so the documented numbers and the running
 layout cannot drift apart.
 
 Per coalesced activity write (an item under 1 KB), as DynamoDB bills it:

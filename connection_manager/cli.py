@@ -109,7 +109,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     body = _run("migrate", {})
     _print(body)
     for name in body["differingIndexes"]:
-        print(f"warning: {name} exists with other keys or projection; see the README, 'Moving an existing table'",
+        print(f"warning: {name} exists with other keys or projection; see docs/migrations.md, 'By hand'",
               file=sys.stderr)
     return 0 if not body["failed"] else 1
 

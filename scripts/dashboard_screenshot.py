@@ -1,4 +1,4 @@
-"""Take the README's picture of the dashboard: ``docs/dashboard.png``.
+"""Take the README's and the guide's picture of the dashboard: ``docs/dashboard.png``.
 
 Starts ``connection-manager serve --embedded`` (the demo rows), runs a few real sweeps
 through the API so the sweep chart has points (a tighter threshold each time, so each one

@@ -1,4 +1,4 @@
-"""The capacity model sizes the live index; its numbers are the README's."""
+"""The capacity model sizes the live index; its numbers are the guide's (docs/capacity.md)."""
 from __future__ import annotations
 
 import pytest

@@ -222,7 +222,7 @@ def run_in_package(package: dict[str, Any], tmp_path: Path, events: list[Any], e
     env = offline_env(
         AWS_LAMBDA_FUNCTION_NAME=FUNCTION_NAME,
         AWS_ENDPOINT_URL_DYNAMODB=endpoint,
-        # Set on the function after the first deploy, never in the committed settings (README).
+        # Set on the function after the first deploy, never in the committed settings (docs/deploying.md).
         PAGINATION_TOKEN_SECRET="package-test-pagination-secret",
         **stage_setting(STAGE, "aws_environment_variables"),
     )
