@@ -1,8 +1,8 @@
 """The capacity model: what N live connections cost and how many live-index shards carry them.
 
-Pure arithmetic, no DynamoDB: the settings size the live index from it, and the table of
-``docs/capacity.md`` is printed from it, so the documented numbers and the running
-layout cannot drift apart.
+Pure arithmetic, no DynamoDB: the settings size the live index from it, and
+``tests/test_capacity.py`` checks every row of the table in ``docs/capacity.md`` against it,
+so the documented numbers and the running layout cannot drift apart.
 
 Per coalesced activity write (an item under 1 KB), as DynamoDB bills it:
 

@@ -1,6 +1,8 @@
 """The capacity model sizes the live index; its numbers are the guide's (docs/capacity.md)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from connection_manager.capacity import KEY_WRITE_LIMIT, live_shards, model
@@ -75,3 +77,24 @@ def test_get_all_connections__many_shards__every_row_once_in_small_pages(setting
     assert sorted(seen) == [f"c{n:02d}" for n in range(40)]
     clock.advance(hours=2)
     assert service.cleanup_stale_connections().cleaned == 40
+
+
+def test_guide_table__every_row_is_the_models_answer():
+    # Given the capacity table of the guide (N | I | shards | table | index | peak | $ | sweep)
+    page = (Path(__file__).resolve().parent.parent / "docs" / "capacity.md").read_text(encoding="utf-8")
+    rows = [
+        [cell.strip().replace(",", "").split(" ")[0] for cell in line.strip("|").split("|")]
+        for line in page.splitlines()
+        if line.startswith("| ") and line[2].isdigit()
+    ]
+    assert len(rows) >= 4
+
+    # Then each row says what the model computes for a message every 30 s
+    for n, interval, shards, table, index, peak, cost, sweep in rows:
+        capacity = model(int(n), 30, int(interval))
+        assert capacity.shards == int(shards), n
+        assert [float(table), float(index), float(peak), float(cost)] == pytest.approx(
+            [capacity.table_wu_per_second, capacity.index_wu_per_second,
+             capacity.peak_key_wu_per_second, capacity.monthly_cost_usd], rel=0.005), n
+        shown_to = 0.5 * 10 ** -len(sweep.partition(".")[2])  # rounded to the digits shown
+        assert float(sweep) == pytest.approx(capacity.sweep_seconds_per_1pct_stale, abs=shown_to), n
