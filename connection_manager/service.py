@@ -82,6 +82,7 @@ SWEEP_PAGE_SIZE = 200
 WRITTEN = "written"  # the stored time was older than the interval: moved to now
 REMEMBERED = "remembered"  # this process knew it was recent: no request at all
 CURRENT = "current"  # the table said it was recent (a failed condition, 1 write unit)
+CHECKED = "checked"  # a read of the row said it was recent (0.5 read units): no write
 NOT_CONNECTED = "not_connected"  # no such row, or not CONNECTED: nothing changed
 
 #: A stale-looking row API Gateway said was active: it took the gateway's time instead.
@@ -755,23 +756,44 @@ class ConnectionService:
     def record_activity(self, connection_id: str) -> str:
         """A WebSocket message: move ``lastActiveAt`` at most once per activity interval.
 
-        Returns WRITTEN, REMEMBERED, CURRENT or NOT_CONNECTED. The table decides with a
-        conditional write (``lastActiveAt`` older than the interval), so containers that
-        share nothing still write about once per interval; this process's memory of the
-        stored time skips the request altogether for most messages. Nothing is read back
-        on success (no ``ReturnValues``); a failed condition returns the stored row
-        (``ALL_OLD``), free, so the next messages here know the time too. Guarantee: the
-        stored time is never older than ``interval`` seconds before any message.
+        Returns WRITTEN, REMEMBERED, CHECKED, CURRENT or NOT_CONNECTED, cheapest first:
+
+        1. this process's memory of a time the table holds: within the interval, no request;
+        2. else an eventually consistent read of the row, 0.5 read units (a tenth of a
+           write's price): across a Lambda fleet a container has rarely seen the connection,
+           and a conditional write that fails would cost a whole write unit to say the same;
+        3. only a stored time older than the interval sends the conditional write, which
+           still decides (two containers may both have read the old time).
+
+        Guarantee: the stored time is never older than ``interval`` seconds before any
+        message. An eventually consistent read can only be behind, never ahead: a stale
+        answer costs a write (refused if the row is recent), never a missed one.
         """
         now = self.clock()
         interval = self.settings.activity_write_interval_seconds
+        if not interval:
+            return self.write_activity(connection_id, now, None)
         threshold = now - timedelta(seconds=interval)
-        if interval:
-            known = self.activity.get(connection_id)
-            if known is not None and known > threshold:
-                return REMEMBERED
+        known = self.activity.get(connection_id)
+        if known is not None and known > threshold:
+            return REMEMBERED
+        with dynamo_errors("record_activity"):
+            connected, stored = read_activity(self.model, connection_id)
+        if not connected:
+            self.activity.forget(connection_id)
+            return NOT_CONNECTED
+        if stored is not None and stored > threshold:
+            self.activity.remember(connection_id, stored)
+            return CHECKED
+        return self.write_activity(connection_id, now, threshold)
+
+    def write_activity(self, connection_id: str, now: datetime, threshold: datetime | None) -> str:
+        """The conditional write of a message's activity: only if ``lastActiveAt <= threshold``.
+
+        Nothing is read back on success (no ``ReturnValues``); a failed condition returns the
+        stored row (``ALL_OLD``), free, so the next messages here know the time too."""
         condition = ConnectionModel.status == CONNECTED
-        if interval:
+        if threshold is not None:
             condition &= ConnectionModel.last_active_at.does_not_exist() | (
                 ConnectionModel.last_active_at <= threshold
             )
@@ -784,12 +806,9 @@ class ConnectionService:
         if stored is None or stored.get("status", {}).get("S") != CONNECTED:
             self.activity.forget(connection_id)
             return NOT_CONNECTED
-        last = stored.get("lastActiveAt", {}).get("S")
-        if last:
-            try:
-                self.activity.remember(connection_id, parse_timestamp(last))
-            except ValueError:
-                pass  # another tool's format: the next message asks the table again
+        last = _stored_time(stored)
+        if last is not None:
+            self.activity.remember(connection_id, last)
         return CURRENT
 
     def update_connection_status(self, connection_id: str, status: str) -> dict[str, Any]:
@@ -1272,6 +1291,29 @@ class ConnectionService:
                 if not writer.submit(connection_id):
                     break
         return writer.outcome
+
+
+def read_activity(model: type[ConnectionModel], connection_id: str) -> tuple[bool, datetime | None]:
+    """(CONNECTED?, stored ``lastActiveAt``) of a row, by one eventually consistent GetItem.
+
+    0.5 read units whatever is projected (reads are billed by the item, rounded up to
+    4 KB); the projection only keeps the answer small. A missing row is not CONNECTED."""
+    answer = model._get_connection().get_item(
+        connection_id, consistent_read=False, attributes_to_get=["status", "lastActiveAt"]
+    )
+    item = answer.get("Item") or {}
+    return item.get("status", {}).get("S") == CONNECTED, _stored_time(item)
+
+
+def _stored_time(item: dict[str, Any]) -> datetime | None:
+    """``lastActiveAt`` of a raw item; None when missing or in another tool's format."""
+    last = item.get("lastActiveAt", {}).get("S")
+    if not last:
+        return None
+    try:
+        return parse_timestamp(last)
+    except ValueError:
+        return None  # the next message asks the table again
 
 
 def _new_write_id() -> str:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from connection_manager.capacity import KEY_WRITE_LIMIT, live_shards, model
+from connection_manager.capacity import CHECK_READ_UNITS, KEY_WRITE_LIMIT, live_shards, model, table
 from connection_manager.config import Settings
 from tests.support.fixtures import *  # noqa: F401,F403
 
@@ -39,6 +39,33 @@ def test_model__coalescing_cuts_the_monthly_bill():
 
     assert coalesced.table_wu_per_second == pytest.approx(1_000_000 / 300)
     assert coalesced.monthly_cost_usd < every_message.monthly_cost_usd / 5
+
+
+def test_model__fleet__every_coalesced_message_pays_one_eventually_consistent_read():
+    # A message every 30 s, a write every 300 s: ten messages per write, each checked with a read
+    capacity = model(1_000_000, 30, 300)
+
+    assert capacity.read_units_per_second == pytest.approx(1_000_000 / 30 * CHECK_READ_UNITS)
+    per_write = (capacity.table_wu_per_second + capacity.index_wu_per_second) / capacity.writes_per_second
+    assert capacity.wue_per_message == pytest.approx(CHECK_READ_UNITS / 5 + per_write / 10)
+    # Reads touch no index: the shards are those of the writes alone
+    assert capacity.shards == live_shards(1_000_000, 300)
+
+
+def test_model__interval_zero__every_message_writes_and_nothing_is_read():
+    capacity = model(1_000_000, 30, 0)
+
+    assert capacity.read_units_per_second == 0
+    assert capacity.wue_per_message == pytest.approx(2 + 30 / 900)  # table + index, and the bucket's moves
+
+
+def test_table__rows_are_the_model():
+    rows = table(((1_000_000, 300),)).splitlines()
+
+    assert len(rows) == 3
+    capacity = model(1_000_000, 30, 300)
+    assert f"| {capacity.wue_per_message:.3f} |" in rows[2]
+    assert f"| {capacity.monthly_cost_usd:,.0f} |" in rows[2]
 
 
 def test_from_env__activity_interval_validated():
@@ -80,7 +107,7 @@ def test_get_all_connections__many_shards__every_row_once_in_small_pages(setting
 
 
 def test_guide_table__every_row_is_the_models_answer():
-    # Given the capacity table of the guide (N | I | shards | table | index | peak | $ | sweep)
+    # Given the capacity table of the guide (N | I | shards | table | index | reads | WUE | peak | $ | sweep)
     page = (Path(__file__).resolve().parent.parent / "docs" / "capacity.md").read_text(encoding="utf-8")
     rows = [
         [cell.strip().replace(",", "").split(" ")[0] for cell in line.strip("|").split("|")]
@@ -90,11 +117,12 @@ def test_guide_table__every_row_is_the_models_answer():
     assert len(rows) >= 4
 
     # Then each row says what the model computes for a message every 30 s
-    for n, interval, shards, table, index, peak, cost, sweep in rows:
+    for n, interval, shards, table, index, reads, wue, peak, cost, sweep in rows:
         capacity = model(int(n), 30, int(interval))
         assert capacity.shards == int(shards), n
-        assert [float(table), float(index), float(peak), float(cost)] == pytest.approx(
-            [capacity.table_wu_per_second, capacity.index_wu_per_second,
+        assert [float(table), float(index), float(reads), float(peak), float(cost)] == pytest.approx(
+            [capacity.table_wu_per_second, capacity.index_wu_per_second, capacity.read_units_per_second,
              capacity.peak_key_wu_per_second, capacity.monthly_cost_usd], rel=0.005), n
+        assert float(wue) == pytest.approx(capacity.wue_per_message, abs=0.0005), n
         shown_to = 0.5 * 10 ** -len(sweep.partition(".")[2])  # rounded to the digits shown
         assert float(sweep) == pytest.approx(capacity.sweep_seconds_per_1pct_stale, abs=shown_to), n

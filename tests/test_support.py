@@ -21,6 +21,8 @@ import pytest
 from botocore.config import Config
 
 from tests.support.dynamo_proxy import DynamoProxy, items_in_response, operation_of
+from tests.support.dynamodb_local import DynamoDBLocal
+from tests.support.metering_proxy import MeteringProxy, write_unit_equivalents
 from tests.support.moto_server import MotoServer, MotoServerError
 
 pytestmark = pytest.mark.integration
@@ -71,6 +73,43 @@ def table(client: Any, dynamo_proxy: DynamoProxy) -> str:
     create_table(client)
     dynamo_proxy.reset_counters()
     return TABLE
+
+
+# --- the metering proxy, on DynamoDB Local (which reports what DynamoDB bills) -------
+
+
+@pytest.mark.dynamodb_local
+def test_metering_proxy__bills_reads_writes_and_failed_conditions(dynamodb_local: DynamoDBLocal) -> None:
+    # Given a table with a global index behind the metering proxy, and a client that asks for no capacity
+    dynamodb_local.reset()
+    with MeteringProxy(dynamodb_local.url) as proxy:
+        client = client_for(proxy.url)
+        client.create_table(
+            TableName=TABLE,
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}, {"AttributeName": "g", "AttributeType": "S"}],
+            GlobalSecondaryIndexes=[{"IndexName": "ByG", "KeySchema": [{"AttributeName": "g", "KeyType": "HASH"}],
+                                     "Projection": {"ProjectionType": "ALL"}}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        proxy.reset_counters()
+
+        # When it writes an indexed item, reads it twice, reads a missing one, and fails a condition
+        client.put_item(TableName=TABLE, Item={"pk": {"S": "a"}, "g": {"S": "x"}})
+        answer = client.get_item(TableName=TABLE, Key={"pk": {"S": "a"}})
+        client.get_item(TableName=TABLE, Key={"pk": {"S": "a"}}, ConsistentRead=True)
+        client.get_item(TableName=TABLE, Key={"pk": {"S": "missing"}})
+        with pytest.raises(client.exceptions.ConditionalCheckFailedException):
+            client.put_item(TableName=TABLE, Item={"pk": {"S": "a"}}, ConditionExpression="attribute_not_exists(pk)")
+
+        # Then it bills as DynamoDB does: a put on table and index, 0.5 per eventually consistent
+        # read (a miss too), 1 per strongly consistent one, 1 write unit for the failed condition
+        capacity = proxy.capacity()
+    assert answer["Item"]["g"] == {"S": "x"}
+    assert capacity["units"] == {f"write {TABLE}": 1.0, "write ByG": 1.0, f"read {TABLE}": 2.0}
+    assert (capacity["WRU"], capacity["RRU"], capacity["failed_conditions"]) == (3.0, 2.0, 1)
+    assert capacity["WUE"] == write_unit_equivalents(3.0, 2.0) == 3.4
+    assert capacity["requests"] == {"PutItem": 2, "GetItem": 3}
 
 
 # --- forwarding and counting --------------------------------------------------------

@@ -387,6 +387,11 @@ class DynamoProxy(LocalServer):
         with self._lock:
             self._in_flight -= 1
 
+    def _rewrite_request(self, operation: str | None, body: bytes) -> bytes:
+        """The request body to forward; a subclass may add parameters (the signature is not
+        checked by the local servers this proxy fronts)."""
+        return body
+
     def _record_response(self, operation: str | None, status: int, body: bytes) -> None:
         if operation is None:
             return
@@ -468,6 +473,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         operation = operation_of(self.headers.get("X-Amz-Target"))
+        body = proxy._rewrite_request(operation, body)
         latency_ms, fault = proxy._arrive(operation)
         left = False
         try:
