@@ -54,6 +54,21 @@ def cmd_create_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_setup_stage(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from connection_manager.stage import setup_stage
+
+    body = setup_stage(args.stage, Path.cwd())
+    table, key = body["table"], body["keyParameter"]
+    print(f"table '{table['name']}' {'created' if table['created'] else 'already exists'}"
+          + (f", indexes added: {', '.join(table['createdIndexes'])}" if table["createdIndexes"] else ""))
+    print("TTL enabled on 'expiresAt'" if table["ttl"] else "warning: TTL could not be enabled")
+    print(f"pagination key parameter '{key['name']}' {'created' if key['created'] else 'already exists (kept)'}")
+    print(f"next: zappa deploy {args.stage}")
+    return 0
+
+
 def cmd_invoke(args: argparse.Namespace) -> int:
     from connection_manager.handler import lambda_handler
 
@@ -139,6 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_create_table
     )
 
+    setup = commands.add_parser(
+        "setup-stage", help="create what a stage needs outside Zappa (table, indexes, TTL, pagination key); idempotent"
+    )
+    setup.add_argument("stage", help="a stage of zappa_settings.json, e.g. dev or production")
+    setup.set_defaults(func=cmd_setup_stage)
     invoke = commands.add_parser("invoke", help="run one event through lambda_handler and print the response")
     invoke.add_argument("event", help='the event as JSON, e.g. \'{"action": "get_all_connections"}\'')
     invoke.set_defaults(func=cmd_invoke)

@@ -75,6 +75,8 @@ class Settings:
     gateway_backoff_base_ms: int = 100
     gateway_backoff_max_ms: int = 2000
     token_secret: str | None = field(default=None, repr=False)
+    #: The SSM SecureString holding the signing keys, one per line, newest first.
+    token_key_parameter: str | None = None
     admin_token: str | None = field(default=None, repr=False)
     in_lambda: bool = False
 
@@ -143,16 +145,10 @@ class Settings:
                 "or an active connection could be swept"
             )
 
+        # The signing key is checked where it is used (connection_manager.signing_key): only
+        # paging needs it, so a missing or short one must not stop $connect or the sweep.
         token_secret = env.get("PAGINATION_TOKEN_SECRET", "").strip()
-        if not token_secret and in_lambda:
-            # Lambda containers come and go: a per-process secret would break every token
-            # served by another container, and a derived one can be forged by anyone.
-            problems.append(
-                "PAGINATION_TOKEN_SECRET is required when running in AWS Lambda: a random value of at least "
-                f"{MIN_TOKEN_SECRET_CHARS} characters, its own for each stage (see the README, 'Pagination secret')"
-            )
-        elif token_secret and len(token_secret) < MIN_TOKEN_SECRET_CHARS:
-            problems.append(f"PAGINATION_TOKEN_SECRET must be at least {MIN_TOKEN_SECRET_CHARS} characters long")
+        token_key_parameter = env.get("PAGINATION_KEY_PARAMETER", "").strip()
 
         region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None
         if region is None and env.get("AWS_ENDPOINT_URL_DYNAMODB"):
@@ -179,6 +175,7 @@ class Settings:
             gateway_max_attempts=gateway_attempts,
             gateway_backoff_base_ms=gateway_backoff,
             token_secret=token_secret or None,
+            token_key_parameter=token_key_parameter or None,
             admin_token=env.get("ADMIN_TOKEN") or None,
             in_lambda=in_lambda,
         )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from typing import Any
 
 # First on purpose (the model brings in PynamoDB and botocore, most of a cold start): the
@@ -40,22 +39,6 @@ log = logging.getLogger(__name__)
 
 #: Keys of an action event that are addressing, not parameters.
 _ENVELOPE_KEYS = frozenset({"action", "command"})
-
-
-def _check_configuration_at_start() -> None:
-    """Say what is wrong with the environment once, when Lambda loads the function.
-
-    The import itself must not fail (Lambda would answer every invocation with an import
-    error and a stack trace); each request then answers the same ConfigurationError.
-    """
-    try:
-        Settings.from_env()
-    except ConnectionManagerError as exc:
-        print(json.dumps({"level": "ERROR", "logger": __name__, "message": exc.message}), flush=True)
-
-
-if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
-    _check_configuration_at_start()
 
 
 def lambda_handler(event: Any, context: Any = None, *, invoker: str | None = None) -> Any:

@@ -12,7 +12,6 @@ import threading
 import time
 import uuid
 from datetime import datetime, timedelta
-from functools import cached_property
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import msgspec
@@ -34,6 +33,7 @@ from connection_manager.gateway import GONE, UNREACHABLE, Alive, Gateway
 from connection_manager.platform_stats import PlatformStats
 from connection_manager.records import UNKNOWN_TIME, to_record
 from connection_manager.schemas import ConnectionList, Stats
+from connection_manager.signing_key import SigningKeys
 from models.connection import (
     ConnectionModel,
     ConnectionStatus,
@@ -293,16 +293,16 @@ class ConnectionService:
         self.platform = PlatformStats(self.model, settings.sweep_concurrency)
         # Building it costs nothing: boto3 is imported on the first gateway call.
         self.gateway = gateway if gateway is not None else Gateway(settings)
+        self.signing_keys = SigningKeys(settings)
 
-    @cached_property
+    @property
     def _tokens(self) -> TokenCodec:
-        from connection_manager.config import process_token_secret
+        """Built per use from the current keys: only paging needs them (see signing_key)."""
         from connection_manager.tokens import TokenCodec
 
         # The table is part of the key: a token issued for one table is refused by another,
         # even where both share a secret (one process, or one secret for several stages).
-        secret = self.settings.token_secret or process_token_secret()
-        return TokenCodec(f"{secret}\n{self.settings.table_name}")
+        return TokenCodec([f"{secret}\n{self.settings.table_name}" for secret in self.signing_keys.keys()])
 
     # Table ------------------------------------------------------------------------------
 

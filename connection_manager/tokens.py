@@ -11,7 +11,7 @@ import base64
 import hashlib
 import hmac
 import json
-from typing import Any
+from typing import Any, Sequence
 
 import msgspec
 
@@ -29,11 +29,21 @@ class Cursor(msgspec.Struct, frozen=True):
 
 
 class TokenCodec:
-    def __init__(self, secret: str) -> None:
-        self._secret = secret.encode("utf-8")
+    """Signs with the first secret and accepts any of them, so a rotated key keeps the
+    tokens it signed valid for as long as it stays in the list."""
 
-    def _sign(self, payload: bytes) -> bytes:
-        return hmac.new(self._secret, payload, hashlib.sha256).digest()[:_SIGNATURE_BYTES]
+    def __init__(self, secret: str | Sequence[str]) -> None:
+        secrets = [secret] if isinstance(secret, str) else list(secret)
+        if not secrets:
+            raise ValueError("a token codec needs at least one secret")
+        self._secrets = [item.encode("utf-8") for item in secrets]
+
+    def _sign(self, payload: bytes, secret: bytes | None = None) -> bytes:
+        key = self._secrets[0] if secret is None else secret
+        return hmac.new(key, payload, hashlib.sha256).digest()[:_SIGNATURE_BYTES]
+
+    def _signed_by_any(self, payload: bytes, signature: bytes) -> bool:
+        return any(hmac.compare_digest(self._sign(payload, secret), signature) for secret in self._secrets)
 
     def encode(self, scope: str, cursor: Cursor) -> str:
         # Raw UTF-8 rather than \u escapes: a key may be 2048 bytes of any characters.
@@ -51,7 +61,7 @@ class TokenCodec:
         try:
             body, signature = token.split(".")
             payload = _unb64(body)
-            if not hmac.compare_digest(self._sign(payload), _unb64(signature)):
+            if not self._signed_by_any(payload, _unb64(signature)):
                 raise invalid
             data = json.loads(payload)
         except (ValueError, UnicodeDecodeError):

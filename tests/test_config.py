@@ -110,18 +110,21 @@ def test_from_env__table_name_given_in_lambda():
 LAMBDA_SECRET = "per-stage-random-secret-0123456789"
 
 
-def test_from_env__pagination_secret_required_in_lambda():
-    # Given a deployed function without its own pagination secret
-    with pytest.raises(ConfigurationError) as raised:
-        Settings.from_env({"AWS_LAMBDA_FUNCTION_NAME": "fn", "CONNECTIONS_TABLE_NAME": "t"})
+def test_from_env__no_pagination_secret_in_lambda__settings_still_load():
+    # Given a deployed function with neither an explicit secret nor its key parameter
+    settings = Settings.from_env({"AWS_LAMBDA_FUNCTION_NAME": "fn", "CONNECTIONS_TABLE_NAME": "t"})
 
-    # Then it refuses to start, naming the setting (no secret anyone could derive)
-    assert "PAGINATION_TOKEN_SECRET is required" in raised.value.message
+    # Then the settings load (only paging needs the key; it fails there, see test_signing_key.py)
+    assert (settings.token_secret, settings.token_key_parameter, settings.in_lambda) == (None, None, True)
 
 
-def test_from_env__short_pagination_secret_refused():
-    with pytest.raises(ConfigurationError) as raised:
-        Settings.from_env({"PAGINATION_TOKEN_SECRET": "short"})
+def test_from_env__short_pagination_secret__settings_load_and_paging_names_it():
+    from connection_manager.errors import UnavailableError
+    from connection_manager.signing_key import SigningKeys
+
+    settings = Settings.from_env({"PAGINATION_TOKEN_SECRET": "short"})
+    with pytest.raises(UnavailableError) as raised:
+        SigningKeys(settings).keys()
     assert "at least 16 characters" in raised.value.message
 
 
@@ -214,24 +217,51 @@ def test_cli__bad_configuration_is_one_line_on_stderr(broken_env, capsys):
     assert captured.out == ""
 
 
-def test_lambda_start__bad_configuration_is_reported_once_at_import():
-    """Lambda loads the module once; a broken environment is named there, without a traceback."""
+def _import_handler_in_lambda(extra: dict[str, str]) -> "subprocess.CompletedProcess[str]":
     import subprocess
     import sys
 
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "AWS_LAMBDA_FUNCTION_NAME": "connection-manager-test",
-        "STALE_AFTER_SECONDS": "sixty",
-    }
-    result = subprocess.run(
+    env = {"PATH": os.environ.get("PATH", ""), "AWS_LAMBDA_FUNCTION_NAME": "connection-manager-test", **extra}
+    return subprocess.run(
         [sys.executable, "-c", "import connection_manager.handler"],
         capture_output=True, text=True, env=env, timeout=60,
     )
 
+
+def test_lambda_start__bad_configuration__import_prints_nothing():
+    """Lambda loads the module once; the import neither fails nor writes stray lines on stdout."""
+    result = _import_handler_in_lambda({"STALE_AFTER_SECONDS": "sixty"})
+
     assert result.returncode == 0, result.stderr
-    line = json.loads(result.stdout.strip())
-    assert line["level"] == "ERROR"
-    assert "CONNECTIONS_TABLE_NAME is required" in line["message"]
-    assert "STALE_AFTER_SECONDS must be a whole number" in line["message"]
-    assert "Traceback" not in result.stdout + result.stderr
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+
+
+def test_lambda_start__no_signing_key__import_prints_nothing():
+    result = _import_handler_in_lambda({"CONNECTIONS_TABLE_NAME": "t"})
+
+    assert (result.returncode, result.stdout) == (0, ""), result.stderr
+
+
+def test_lambda_start__bad_configuration__named_once_in_the_log_at_the_first_event(monkeypatch, capsys):
+    # Given a deployed function with a broken setting
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "connection-manager-test")
+    monkeypatch.delenv("CONNECTIONS_TABLE_NAME", raising=False)
+    monkeypatch.setenv("STALE_AFTER_SECONDS", "sixty")
+    monkeypatch.setattr(wiring, "_reported", False)
+    monkeypatch.setattr(wiring, "_service", None)
+    observability.setup_logging(json_lines=True, force=True)
+
+    # When two events arrive
+    first = lambda_handler({"action": "get_connection", "connectionId": "c"}, FakeLambdaContext())
+    second = lambda_handler({"action": "get_connection", "connectionId": "c"}, FakeLambdaContext())
+
+    # Then both answer the same ConfigurationError, and the log names the problems once
+    assert first["body"]["error"] == second["body"]["error"] == "ConfigurationError"
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    named = [line for line in lines if "STALE_AFTER_SECONDS must be a whole number" in line.get("message", "")
+             and line.get("level") == "ERROR"]
+    assert len(named) == 1, lines
+    assert "CONNECTIONS_TABLE_NAME is required" in named[0]["message"]
+
+

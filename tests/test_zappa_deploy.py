@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 
+from tests.support.events import load_event, websocket_event
 from tests.support.moto_server import MotoServer
-from tests.test_zappa_package import BIN, HANDLER, ROOT, offline_env
+from tests.test_zappa_package import BIN, HANDLER, ROOT, http_request, offline_env, run_in_package
 
 pytestmark = [pytest.mark.zappa, pytest.mark.integration, pytest.mark.slow]
 
@@ -103,3 +105,62 @@ def test_deploy_schedule_status_undeploy(moto_server: MotoServer) -> None:
     stacks = client(endpoint, "cloudformation").list_stacks()["StackSummaries"]
     assert {s["StackName"]: s["StackStatus"] for s in stacks} == {FUNCTION: "DELETE_COMPLETE"}
 
+
+
+def test_from_zero__setup_stage_then_deploy__every_event_answers(moto_server: MotoServer, tmp_path: Path) -> None:
+    """An empty account, the committed settings, two commands: the function answers every event.
+
+    Nothing is set by hand: the function runs with exactly the environment `zappa deploy`
+    gave it (read back from the deployed function), plus only what points AWS at the
+    test's server.
+    """
+    moto_server.reset()
+    endpoint = moto_server.url
+
+    # Given the stage set up by the project's one command (table, indexes, TTL, signing key)
+    setup = subprocess.run(
+        [str(BIN / "connection-manager"), "setup-stage", STAGE], cwd=ROOT, env=offline_env(AWS_ENDPOINT_URL=endpoint),
+        capture_output=True, text=True, timeout=120,
+    )
+    assert setup.returncode == 0, setup.stderr
+    print(setup.stdout)
+    again = subprocess.run(
+        [str(BIN / "connection-manager"), "setup-stage", STAGE], cwd=ROOT, env=offline_env(AWS_ENDPOINT_URL=endpoint),
+        capture_output=True, text=True, timeout=120,
+    )
+    assert again.returncode == 0, again.stderr
+    assert "already exists (kept)" in again.stdout  # idempotent: the key is never replaced
+    # and deployed with Zappa
+    zappa(endpoint, "deploy", STAGE)
+    variables = client(endpoint, "lambda").get_function_configuration(FunctionName=FUNCTION)["Environment"]["Variables"]
+    assert "PAGINATION_TOKEN_SECRET" not in variables
+
+    # When the package built from the same settings runs each kind of event with that environment
+    out = tmp_path / f"{FUNCTION}.zip"
+    zappa(endpoint, "package", STAGE, "-o", str(out))
+    package = {"zip": out}
+    connects = [websocket_event("websocket_connect", f"conn-{name}", user_id="user-1") for name in ("a", "b", "c")]
+    connected = run_in_package(package, tmp_path, connects, endpoint, variables=variables, function_name=FUNCTION,
+                               aws_endpoint=endpoint)
+    assert [outcome["ok"]["statusCode"] for outcome in connected["results"]] == [200, 200, 200]
+    first = run_in_package(
+        package, tmp_path,
+        [websocket_event("websocket_message", "conn-a"), load_event("scheduled_event"),
+         http_request("GET", "/health"), {"action": "get_all_connections", "limit": 2}],
+        endpoint, variables=variables, function_name=FUNCTION, aws_endpoint=endpoint,
+    )
+    message, scheduled, health, page = (outcome["ok"] for outcome in first["results"])
+    token = page["body"]["nextToken"]
+    # and another process (another container) continues the listing
+    (rest,) = (outcome["ok"] for outcome in run_in_package(
+        package, tmp_path, [{"action": "get_all_connections", "limit": 2, "nextToken": token}],
+        endpoint, variables=variables, function_name=FUNCTION, aws_endpoint=endpoint,
+    )["results"])
+
+    # Then all of them answer 2xx
+    answers = {"message": message["statusCode"], "schedule": scheduled["statusCode"], "health": health["statusCode"],
+               "page": page["statusCode"], "next page": rest["statusCode"]}
+    print(answers)
+    assert answers == {"message": 200, "schedule": 200, "health": 200, "page": 200, "next page": 200}
+    ids = [row["connectionId"] for row in page["body"]["connections"] + rest["body"]["connections"]]
+    assert sorted(ids) == ["conn-a", "conn-b", "conn-c"]

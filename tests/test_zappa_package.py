@@ -26,6 +26,7 @@ import pytest
 from packaging.requirements import Requirement
 
 from tests.support.dynamo_proxy import DynamoProxy
+from tests.support.moto_server import MotoServer
 from tests.support.events import load_event
 
 pytestmark = pytest.mark.zappa
@@ -215,16 +216,22 @@ def test_template__every_method_is_iam_authorized(tmp_path: Path) -> None:
 # --- the package, run like Lambda runs it ---------------------------------------------
 
 
-def run_in_package(package: dict[str, Any], tmp_path: Path, events: list[Any], endpoint: str) -> dict[str, Any]:
-    """Call the configured Lambda Handler inside the package with ``events``, in a fresh interpreter."""
+def run_in_package(
+    package: dict[str, Any], tmp_path: Path, events: list[Any], endpoint: str,
+    *, variables: dict[str, str] | None = None, function_name: str = FUNCTION_NAME, aws_endpoint: str | None = None,
+) -> dict[str, Any]:
+    """Call the configured Lambda Handler inside the package with ``events``, in a fresh interpreter.
+
+    The environment is the stage's own, as `zappa deploy` sets it, plus only what points AWS
+    at the test's servers: nothing a user's deploy would not have (no secret set by hand).
+    """
     events_file, output = tmp_path / "events.json", tmp_path / "results.json"
     events_file.write_text(json.dumps(events), encoding="utf-8")
     env = offline_env(
-        AWS_LAMBDA_FUNCTION_NAME=FUNCTION_NAME,
+        AWS_LAMBDA_FUNCTION_NAME=function_name,
         AWS_ENDPOINT_URL_DYNAMODB=endpoint,
-        # Set on the function after the first deploy, never in the committed settings (docs/deploying.md).
-        PAGINATION_TOKEN_SECRET="package-test-pagination-secret",
-        **stage_setting(STAGE, "aws_environment_variables"),
+        AWS_ENDPOINT_URL_SSM=aws_endpoint or _upstream(endpoint),
+        **(stage_setting(STAGE, "aws_environment_variables") if variables is None else variables),
     )
     env.pop("VIRTUAL_ENV")
     result = subprocess.run(
@@ -233,7 +240,7 @@ def run_in_package(package: dict[str, Any], tmp_path: Path, events: list[Any], e
             "--package", str(package["zip"]),
             "--runtime-site", str(SITE_PACKAGES),
             "--handler", SETTINGS["dev"]["lambda_handler"],
-            "--function-name", FUNCTION_NAME,
+            "--function-name", function_name,
             "--events", str(events_file),
             "--output", str(output),
         ],
@@ -247,9 +254,25 @@ def run_in_package(package: dict[str, Any], tmp_path: Path, events: list[Any], e
     return report
 
 
+#: The moto server behind each DynamoDB proxy a test used: SSM (the stage's signing key) lives there.
+_UPSTREAMS: dict[str, str] = {}
+
+
+def _upstream(endpoint: str) -> str:
+    return _UPSTREAMS.get(endpoint, endpoint)
+
+
+def setup_stage(proxy: DynamoProxy, moto_url: str) -> None:
+    """What a user runs once per stage before `zappa deploy`: the table and the signing key."""
+    _UPSTREAMS[proxy.url] = moto_url
+    cli("setup-stage", STAGE, endpoint=proxy.url)
+
+
 def cli(*args: str, endpoint: str) -> None:
-    env = offline_env(AWS_ENDPOINT_URL_DYNAMODB=endpoint, **stage_setting(STAGE, "aws_environment_variables"))
-    result = subprocess.run([str(BIN / "connection-manager"), *args], env=env, capture_output=True, text=True, timeout=60)
+    env = offline_env(AWS_ENDPOINT_URL_DYNAMODB=endpoint, AWS_ENDPOINT_URL_SSM=_upstream(endpoint),
+                      **stage_setting(STAGE, "aws_environment_variables"))
+    result = subprocess.run([str(BIN / "connection-manager"), *args], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=60)
     assert result.returncode == 0, result.stderr
 
 
@@ -278,9 +301,9 @@ def policy_actions(stage: str) -> set[str]:
 
 
 @pytest.mark.integration
-def test_package__serves_every_event_shape(package: dict[str, Any], dynamo_proxy: DynamoProxy, tmp_path: Path) -> None:
+def test_package__serves_every_event_shape(package: dict[str, Any], dynamo_proxy: DynamoProxy, moto_server: MotoServer, tmp_path: Path) -> None:
     # Given the stage's table with 3 live, 2 stale and 1 disconnected connection
-    cli("create-table", endpoint=dynamo_proxy.url)
+    setup_stage(dynamo_proxy, moto_server.url)
     cli("seed", "3", "--stale", "2", "--history", "1", "--users", "1", "--quiet", endpoint=dynamo_proxy.url)
     dynamo_proxy.reset_counters()
 
@@ -350,10 +373,10 @@ HTTP_EVENTS = ["powertools_http_api_v2", "lambda_go_http_api_v2_iam", "powertool
 
 @pytest.mark.integration
 def test_package__other_services_events__400_never_null(
-    package: dict[str, Any], dynamo_proxy: DynamoProxy, tmp_path: Path
+    package: dict[str, Any], dynamo_proxy: DynamoProxy, moto_server: MotoServer, tmp_path: Path
 ) -> None:
     # Given the stage's table
-    cli("create-table", endpoint=dynamo_proxy.url)
+    setup_stage(dynamo_proxy, moto_server.url)
 
     # When other services' events and HTTP requests of every API kind reach the packaged handler
     events = [load_event(f"aws/{name}") for name in FOREIGN_EVENTS + HTTP_EVENTS] + [{"raw_command": "x = 1"}]
@@ -374,10 +397,10 @@ def test_package__other_services_events__400_never_null(
 
 @pytest.mark.integration
 def test_package__percent_encoded_ids_in_paths__reach_the_connection(
-    package: dict[str, Any], dynamo_proxy: DynamoProxy, tmp_path: Path
+    package: dict[str, Any], dynamo_proxy: DynamoProxy, moto_server: MotoServer, tmp_path: Path
 ) -> None:
     # Given connections whose ids hold "/", "+" and "=" (API Gateway's ids are base64)
-    cli("create-table", endpoint=dynamo_proxy.url)
+    setup_stage(dynamo_proxy, moto_server.url)
     ids = ["a/b", "L0SM9cOF+vHcC/hw=", "/lead", "two//slashes"]
     events: list[Any] = [{"action": "register_connection", "connectionId": cid, "userId": "u/1+"} for cid in ids]
 
@@ -455,8 +478,11 @@ def test_settings__least_privilege_role(zappa_cli: Any) -> None:
         "dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:UpdateItem",
         "dynamodb:DescribeTable", "dynamodb:Query",
         "logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "lambda:InvokeFunction",
-        "execute-api:ManageConnections",
+        "execute-api:ManageConnections", "ssm:GetParameter",
     }
+    # The signing key: the one parameter the stage names (AWS-managed key: no kms grant needed)
+    parameter = zappa_cli.aws_environment_variables["PAGINATION_KEY_PARAMETER"]
+    assert granted["ssm:GetParameter"] == {f"arn:aws:ssm:*:*:parameter{parameter}"}
     table_arn = f"arn:aws:dynamodb:*:*:table/{table}"
     for action in ("dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:UpdateItem",
                    "dynamodb:DescribeTable"):
