@@ -18,7 +18,7 @@ from connection_manager.activity import ActivityMemory
 from connection_manager.config import Settings
 from connection_manager.errors import UnavailableError
 from connection_manager.handler import lambda_handler
-import connection_manager.service as activity_path
+import connection_manager.lifecycle as activity_path
 from connection_manager.service import CHECKED, CURRENT, NOT_CONNECTED, REMEMBERED, WRITTEN, ConnectionService
 from models.connection import activity_bucket, parse_timestamp
 from tests.support.events import FakeLambdaContext, websocket_event

@@ -92,7 +92,7 @@ def test_get_all_connections__filter_token_with_other_filters__400(service, flee
 
 def test_get_all_connections__rare_match__page_stops_at_the_read_budget(service, make_connection, monkeypatch):
     # Given 30 live rows of which only the last written matches, and a read budget of 10
-    monkeypatch.setattr("connection_manager.service.FILTER_READ_BUDGET", 10)
+    monkeypatch.setattr("connection_manager.reads.FILTER_READ_BUDGET", 10)
     for index in range(29):
         make_connection(f"plain-{index:02d}", metadata={"userAgent": "curl/8.5"})
     make_connection("needle", metadata={"userAgent": "needle-client"})
