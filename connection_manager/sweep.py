@@ -1,14 +1,14 @@
 """The hourly sweep: the lifetime pass, the stale pass and the reconcile step with API Gateway.
 
 Part of :class:`connection_manager.service.ConnectionService`, which composes the parts
-(see that module for why one object). Moved from ``service.py`` unchanged.
+(see that module for why one object). :meth:`Sweep.cleanup_stale_connections` reads\ntop to bottom: the lifetime pass, then the stale pass with its reconcile step.
 """
 from __future__ import annotations
 
 import logging
 import time
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import msgspec
 from pynamodb.exceptions import PynamoDBException
@@ -31,10 +31,6 @@ from models.connection import (
     epoch_seconds,
     format_timestamp,
 )
-
-if TYPE_CHECKING:
-    # Imported where a page is continued or handed out: most invocations never paginate.
-    pass
 
 log = logging.getLogger(__name__)
 
@@ -138,147 +134,19 @@ class Sweep(RowAccess):
         ``stale`` (never over ``lifetime``, which activity does not change).
 
         A stale-looking row with a stored endpoint is first asked about at API Gateway, in the
-        same bounded task as its write (see :meth:`_sweep_candidate`). A dry run asks nothing.
+        same bounded task as its write: the reconcile step (:meth:`_sweep_candidate`). A dry
+        run asks nothing.
         """
-        started = time.monotonic()
-        now = self.clock()
-        stale_after = stale_after_seconds or self.settings.stale_after_seconds
-        cutoff = now - timedelta(seconds=stale_after)
-        lifetime_cutoff = now - timedelta(seconds=self.settings.max_connection_lifetime_seconds)
-        born_before = epoch_seconds(lifetime_cutoff)
-        margin = self.settings.sweep_time_margin_ms
-
-        def out_of_time() -> bool:
-            return time_left_ms is not None and time_left_ms() < margin
-
-        read_failure: PynamoDBException | None = None
-
-        def guarded(read: Callable[[list[BaseException]], Iterable[ConnectionModel]]) -> Iterator[ConnectionModel]:
-            # A shard whose Query still fails after retries is left for the next run;
-            # the others carry on, and the writes already made are counted.
-            nonlocal read_failure
-            failures: list[BaseException] = []
-            rows = iter(read(failures))
-            while True:
-                try:
-                    yield next(rows)
-                except StopIteration:
-                    if failures:
-                        failure = failures[0]
-                        if not isinstance(failure, PynamoDBException):
-                            raise failure
-                        read_failure = read_failure or failure
-                    return
-
-        def expired() -> Iterator[ConnectionModel]:
-            # Keys only: the conditional write checks the status (index leftovers of other
-            # tools fail it and are repaired).
-            return guarded(
-                lambda failures: self._index_rows(
-                    self.model.lifetime_index,
-                    attributes=["connectionId", "activeShard", "liveSince"],
-                    range_key_condition=ConnectionModel.live_since < born_before,
-                    page_size=SWEEP_PAGE_SIZE,
-                    errors=failures,
-                )
-            )
-
-        def stale() -> Iterator[ConnectionModel]:
-            # Every bucket up to the cutoff's own: the older ones hold only stale rows, the
-            # cutoff's bucket some that are not stale yet, dropped by the filter before
-            # any write (read, never written: at most one bucket's worth per run).
-            for row in guarded(
-                lambda failures: self._index_rows(
-                    self.model.live_index,
-                    attributes=[
-                        "connectionId", "activeShard", "activeBucket", "lastActiveAt", "status", "liveSince",
-                        "gatewayEndpoint",
-                    ],
-                    range_key_condition=ConnectionModel.active_bucket <= activity_bucket(cutoff),
-                    filter_condition=ConnectionModel.last_active_at < cutoff,
-                    page_size=SWEEP_PAGE_SIZE,
-                    errors=failures,
-                )
-            ):
-                # Past its lifetime: the lifetime pass's row (a dry run counts it there).
-                if row.live_since is None or row.live_since >= born_before:
-                    yield row
-
-        tally = Tally()
+        run = _SweepRun(self, stale_after_seconds or self.settings.stale_after_seconds, dry_run, time_left_ms)
         with dynamo_errors("cleanup_stale_connections"):
             if dry_run:
-                lifetime_outcome = stale_outcome = None
-                stopped, lifetime_count, scanned, stale_count = False, 0, 0, 0
-                for row in expired():
-                    if out_of_time():
-                        stopped = True
-                        break
-                    lifetime_count += 1
-                    scanned += 1
-                if not stopped:
-                    for row in stale():
-                        if out_of_time():
-                            stopped = True
-                            break
-                        scanned += 1
-                        # DISCONNECTED rows left in the index by other tools are not stale connections.
-                        stale_count += row.status == CONNECTED
+                run.count_without_writing()
             else:
-                # The deadline is checked by the writer once a write slot is free, right
-                # before the write would start (waiting for the slot takes time too).
-                lifetime_outcome = self._write_all(
-                    (row.connection_id for row in expired()),
-                    lambda cid: self._expire_one(cid, born_before, tally),
-                    stop=out_of_time,
-                )
-                stale_outcome = BulkOutcome(stopped=True)
-                if not lifetime_outcome.stopped:
-                    stale_outcome = self._write_all(
-                        (_Candidate(row.connection_id, row.gateway_endpoint) for row in stale()),
-                        lambda candidate: self._sweep_candidate(candidate, cutoff, tally),
-                        stop=out_of_time,
-                    )
-                stopped = stale_outcome.stopped
-                lifetime_count, stale_count = lifetime_outcome.applied, stale_outcome.applied
-                scanned = sum(
-                    outcome.applied + outcome.skipped + outcome.failed + outcome.repaired
-                    for outcome in (lifetime_outcome, stale_outcome)
-                )
-            if read_failure is not None and scanned == 0:
-                raise read_failure  # nothing done: a plain 503 says it best
-        complete = not stopped and read_failure is None
-        if read_failure is not None:
-            log.warning(
-                "sweep stopped early: reading rows to sweep failed after retries (%s); the next run resumes",
-                error_code(read_failure) or "DynamoDB unreachable",
-            )
-        outcomes = [outcome for outcome in (lifetime_outcome, stale_outcome) if outcome is not None]
-        failed = sum(outcome.failed for outcome in outcomes)
-        result = SweepResult(
-            cleaned=stale_count + lifetime_count,
-            lifetime=lifetime_count,
-            scanned=scanned,
-            # Reconciled rows were written (their time moved) but not marked: not "skipped".
-            skipped=sum(outcome.skipped for outcome in outcomes) - tally[RECONCILED],
-            failed=failed,
-            repaired=sum(outcome.repaired for outcome in outcomes),
-            # Rows whose write failed are still there to sweep: more remains for the next run.
-            complete=complete and failed == 0,
-            dry_run=dry_run,
-            stale_after_seconds=stale_after,
-            cutoff=cutoff,
-            lifetime_cutoff=lifetime_cutoff,
-            duration_ms=int((time.monotonic() - started) * 1000),
-            max_in_flight=max((outcome.max_in_flight for outcome in outcomes), default=0),
-            gone=tally[GONE],
-            reconciled=tally[RECONCILED],
-            unreconciled=tally[UNREACHABLE],
-            not_closed=tally[NOT_CLOSED],
-        )
-        failures = [failure for outcome in outcomes for failure in outcome.failures]
-        if failures:
-            log.warning("sweep writes failed after retries: %s", "; ".join(failures))
-        return result
+                run.lifetime_pass()
+                if not run.lifetime.stopped:
+                    run.stale_pass()
+            run.raise_if_nothing_was_read()
+        return run.result()
 
     def _sweep_candidate(self, candidate: _Candidate, cutoff: datetime, tally: Tally) -> str:
         """Ask API Gateway about a stale-looking row before marking it (rows without an endpoint: as before).
@@ -349,3 +217,168 @@ class Sweep(RowAccess):
         if current is not None and current.status != CONNECTED and current.active_shard is not None:
             return self._leave_index(connection_id)
         return SKIPPED  # a heartbeat, another sweep or a disconnect got there first
+
+
+class _SweepRun:
+    """One sweep's state: its cutoffs, its deadline, its counts, and the passes that fill them."""
+
+    def __init__(self, sweep: Sweep, stale_after: int, dry_run: bool, time_left_ms: TimeLeft) -> None:
+        self.sweep = sweep
+        self.started = time.monotonic()
+        now = sweep.clock()
+        self.stale_after = stale_after
+        self.dry_run = dry_run
+        self.cutoff = now - timedelta(seconds=stale_after)
+        self.lifetime_cutoff = now - timedelta(seconds=sweep.settings.max_connection_lifetime_seconds)
+        self.born_before = epoch_seconds(self.lifetime_cutoff)
+        self._margin = sweep.settings.sweep_time_margin_ms
+        self._time_left_ms = time_left_ms
+        self.read_failure: PynamoDBException | None = None
+        self.tally = Tally()
+        self.lifetime = BulkOutcome()
+        self.stale = BulkOutcome()
+        self.stopped = False
+        self.lifetime_count = self.stale_count = self.scanned = 0
+
+    def out_of_time(self) -> bool:
+        return self._time_left_ms is not None and self._time_left_ms() < self._margin
+
+    # The rows each pass reads ----------------------------------------------------------
+
+    def _guarded(self, read: Callable[[list[BaseException]], Iterable[ConnectionModel]]) -> Iterator[ConnectionModel]:
+        """A shard whose Query still fails after retries is left for the next run; the others
+        carry on, and the writes already made are counted."""
+        failures: list[BaseException] = []
+        rows = iter(read(failures))
+        while True:
+            try:
+                yield next(rows)
+            except StopIteration:
+                if failures:
+                    failure = failures[0]
+                    if not isinstance(failure, PynamoDBException):
+                        raise failure
+                    self.read_failure = self.read_failure or failure
+                return
+
+    def expired_rows(self) -> Iterator[ConnectionModel]:
+        """Rows past their lifetime. Keys only: the conditional write checks the status (index
+        leftovers of other tools fail it and are repaired)."""
+        return self._guarded(
+            lambda failures: self.sweep._index_rows(
+                self.sweep.model.lifetime_index,
+                attributes=["connectionId", "activeShard", "liveSince"],
+                range_key_condition=ConnectionModel.live_since < self.born_before,
+                page_size=SWEEP_PAGE_SIZE,
+                errors=failures,
+            )
+        )
+
+    def stale_rows(self) -> Iterator[ConnectionModel]:
+        """Every bucket up to the cutoff's own: the older ones hold only stale rows, the cutoff's
+        bucket some that are not stale yet, dropped by the filter before any write (read, never
+        written: at most one bucket's worth per run)."""
+        for row in self._guarded(
+            lambda failures: self.sweep._index_rows(
+                self.sweep.model.live_index,
+                attributes=[
+                    "connectionId", "activeShard", "activeBucket", "lastActiveAt", "status", "liveSince",
+                    "gatewayEndpoint",
+                ],
+                range_key_condition=ConnectionModel.active_bucket <= activity_bucket(self.cutoff),
+                filter_condition=ConnectionModel.last_active_at < self.cutoff,
+                page_size=SWEEP_PAGE_SIZE,
+                errors=failures,
+            )
+        ):
+            # Past its lifetime: the lifetime pass's row (a dry run counts it there).
+            if row.live_since is None or row.live_since >= self.born_before:
+                yield row
+
+    # The passes -------------------------------------------------------------------------
+
+    def lifetime_pass(self) -> None:
+        """Mark rows past their lifetime. The deadline is checked by the writer once a write slot
+        is free, right before the write would start (waiting for the slot takes time too)."""
+        born_before, tally = self.born_before, self.tally
+        self.lifetime = self.sweep._write_all(
+            (row.connection_id for row in self.expired_rows()),
+            lambda cid: self.sweep._expire_one(cid, born_before, tally),
+            stop=self.out_of_time,
+        )
+        self.stale = BulkOutcome(stopped=True)
+        self._count()
+
+    def stale_pass(self) -> None:
+        """Mark idle rows stale, each after the reconcile step has asked API Gateway about it."""
+        cutoff, tally = self.cutoff, self.tally
+        self.stale = self.sweep._write_all(
+            (_Candidate(row.connection_id, row.gateway_endpoint) for row in self.stale_rows()),
+            lambda candidate: self.sweep._sweep_candidate(candidate, cutoff, tally),
+            stop=self.out_of_time,
+        )
+        self._count()
+
+    def _count(self) -> None:
+        self.stopped = self.stale.stopped
+        self.lifetime_count, self.stale_count = self.lifetime.applied, self.stale.applied
+        self.scanned = sum(
+            outcome.applied + outcome.skipped + outcome.failed + outcome.repaired
+            for outcome in (self.lifetime, self.stale)
+        )
+
+    def count_without_writing(self) -> None:
+        """The dry run: both passes' rows counted, nothing asked or written."""
+        for _ in self.expired_rows():
+            if self.out_of_time():
+                self.stopped = True
+                return
+            self.lifetime_count += 1
+            self.scanned += 1
+        for row in self.stale_rows():
+            if self.out_of_time():
+                self.stopped = True
+                return
+            self.scanned += 1
+            # DISCONNECTED rows left in the index by other tools are not stale connections.
+            self.stale_count += row.status == CONNECTED
+
+    def raise_if_nothing_was_read(self) -> None:
+        if self.read_failure is not None and self.scanned == 0:
+            raise self.read_failure  # nothing done: a plain 503 says it best
+
+    # The answer -------------------------------------------------------------------------
+
+    def result(self) -> SweepResult:
+        if self.read_failure is not None:
+            log.warning(
+                "sweep stopped early: reading rows to sweep failed after retries (%s); the next run resumes",
+                error_code(self.read_failure) or "DynamoDB unreachable",
+            )
+        outcomes = [] if self.dry_run else [self.lifetime, self.stale]
+        failed = sum(outcome.failed for outcome in outcomes)
+        tally = self.tally
+        failures = [failure for outcome in outcomes for failure in outcome.failures]
+        if failures:
+            log.warning("sweep writes failed after retries: %s", "; ".join(failures))
+        return SweepResult(
+            cleaned=self.stale_count + self.lifetime_count,
+            lifetime=self.lifetime_count,
+            scanned=self.scanned,
+            # Reconciled rows were written (their time moved) but not marked: not "skipped".
+            skipped=sum(outcome.skipped for outcome in outcomes) - tally[RECONCILED],
+            failed=failed,
+            repaired=sum(outcome.repaired for outcome in outcomes),
+            # Rows whose write failed are still there to sweep: more remains for the next run.
+            complete=not self.stopped and self.read_failure is None and failed == 0,
+            dry_run=self.dry_run,
+            stale_after_seconds=self.stale_after,
+            cutoff=self.cutoff,
+            lifetime_cutoff=self.lifetime_cutoff,
+            duration_ms=int((time.monotonic() - self.started) * 1000),
+            max_in_flight=max((outcome.max_in_flight for outcome in outcomes), default=0),
+            gone=tally[GONE],
+            reconciled=tally[RECONCILED],
+            unreconciled=tally[UNREACHABLE],
+            not_closed=tally[NOT_CLOSED],
+        )
