@@ -242,26 +242,3 @@ def test_lambda_start__no_signing_key__import_prints_nothing():
 
     assert (result.returncode, result.stdout) == (0, ""), result.stderr
 
-
-def test_lambda_start__bad_configuration__named_once_in_the_log_at_the_first_event(monkeypatch, capsys):
-    # Given a deployed function with a broken setting
-    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "connection-manager-test")
-    monkeypatch.delenv("CONNECTIONS_TABLE_NAME", raising=False)
-    monkeypatch.setenv("STALE_AFTER_SECONDS", "sixty")
-    monkeypatch.setattr(wiring, "_reported", False)
-    monkeypatch.setattr(wiring, "_service", None)
-    observability.setup_logging(json_lines=True, force=True)
-
-    # When two events arrive
-    first = lambda_handler({"action": "get_connection", "connectionId": "c"}, FakeLambdaContext())
-    second = lambda_handler({"action": "get_connection", "connectionId": "c"}, FakeLambdaContext())
-
-    # Then both answer the same ConfigurationError, and the log names the problems once
-    assert first["body"]["error"] == second["body"]["error"] == "ConfigurationError"
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
-    named = [line for line in lines if "STALE_AFTER_SECONDS must be a whole number" in line.get("message", "")
-             and line.get("level") == "ERROR"]
-    assert len(named) == 1, lines
-    assert "CONNECTIONS_TABLE_NAME is required" in named[0]["message"]
-
-

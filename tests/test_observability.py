@@ -288,3 +288,26 @@ def test_handler_import__does_not_load_powertools() -> None:
     code = "import sys, connection_manager.handler; print('aws_lambda_powertools' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_lambda_start__bad_configuration__named_once_in_the_log_at_the_first_event(
+    lambda_logs: Lines, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import connection_manager.wiring as wiring
+
+    # Given a deployed function with a broken setting
+    monkeypatch.delenv("CONNECTIONS_TABLE_NAME", raising=False)
+    monkeypatch.setenv("STALE_AFTER_SECONDS", "sixty")
+    monkeypatch.setattr(wiring, "_reported", False)
+    monkeypatch.setattr(wiring, "_service", None)
+
+    # When two events arrive
+    first = lambda_handler({"action": "get_connection", "connectionId": "c"}, FakeLambdaContext())
+    second = lambda_handler({"action": "get_connection", "connectionId": "c"}, FakeLambdaContext())
+
+    # Then both answer the same ConfigurationError, and the log names the problems once
+    assert first["body"]["error"] == second["body"]["error"] == "ConfigurationError"
+    named = [line for line in _logs(lambda_logs())
+             if line.get("level") == "ERROR" and "STALE_AFTER_SECONDS must be a whole number" in line["message"]]
+    assert len(named) == 1
+    assert "CONNECTIONS_TABLE_NAME is required" in named[0]["message"]
