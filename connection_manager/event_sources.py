@@ -1,4 +1,7 @@
-"""Which AWS service sent an event that is not a raw action: ours, Zappa's, or another's.
+"""Which door an event takes: one pure classification of everything the function receives.
+
+:func:`classify` decides it once and returns a :class:`Door`, the kind and the payload its
+handler needs; ``connection_manager.handler`` then dispatches once on the kind.
 
 The function's handler serves raw actions, the hourly schedule and API Gateway WebSocket
 events itself. Zappa's handler serves exactly two more kinds: HTTP requests for the Flask
@@ -16,7 +19,8 @@ Pure functions of the event: no I/O, no imports beyond the standard library.
 """
 from __future__ import annotations
 
-from typing import Any
+from enum import StrEnum
+from typing import Any, NamedTuple
 
 #: Keys of Zappa's management invocations (``zappa invoke``, ``zappa invoke --raw``, ``zappa manage``).
 ZAPPA_COMMAND_KEYS = ("command", "raw_command", "manage")
@@ -35,6 +39,73 @@ _RECORD_SOURCES = {
     "aws:rmq": "Amazon MQ (RabbitMQ)",
     "aws:codecommit": "CodeCommit",
 }
+
+
+class Kind(StrEnum):
+    """The doors. A new kind is one member here, one rule in :func:`classify`, one handler entry."""
+
+    #: An object with an ``action`` (or without one: the action's own 400 names what is missing).
+    ACTION = "action"
+    #: The hourly EventBridge schedule: the sweep.
+    SCHEDULE = "schedule"
+    #: API Gateway WebSocket routes; any route but the two lifecycle ones is a message.
+    CONNECT = "$connect"
+    DISCONNECT = "$disconnect"
+    MESSAGE = "message"
+    #: HTTP requests for the Flask app and Zappa's management commands: Zappa's handler answers.
+    ZAPPA = "zappa"
+    #: Another AWS service's event: refused with a 400 naming it.
+    FOREIGN = "foreign"
+    #: A list, a string, a number, null: refused with a 400.
+    NOT_AN_OBJECT = "not an object"
+
+
+class Door(NamedTuple):
+    """The kind of an event and what its handler needs: the event itself, or a :class:`Sender`."""
+
+    kind: Kind
+    payload: Any
+
+
+class Sender(NamedTuple):
+    """The payload of :attr:`Kind.FOREIGN`: the service to name in the 400, and keys to log."""
+
+    service: str
+    #: The event's first ten top-level keys, sorted: enough to find the trigger, never its data.
+    keys: tuple[str, ...]
+
+
+#: WebSocket route keys that are not messages.
+_ROUTES = {"$connect": Kind.CONNECT, "$disconnect": Kind.DISCONNECT}
+
+
+def classify(event: Any) -> Door:
+    """The one decision of which door ``event`` takes; the rules are tried in this order.
+
+    An ``action`` makes an object ours whatever else it carries (``zappa invoke`` adds
+    ``command``), except that a WebSocket event is always a route and a scheduled event
+    always the sweep.
+    """
+    if not isinstance(event, dict):
+        return Door(Kind.NOT_AN_OBJECT, event)
+    if is_websocket(event):
+        route = event["requestContext"]["routeKey"]
+        return Door(_ROUTES.get(route, Kind.MESSAGE) if isinstance(route, str) else Kind.MESSAGE, event)
+    if "action" not in event:
+        service = foreign_source(event)
+        if service is not None:
+            return Door(Kind.FOREIGN, Sender(service, tuple(sorted(map(str, event))[:10])))
+        if belongs_to_zappa(event):
+            return Door(Kind.ZAPPA, event)
+    if event.get("detail-type") == "Scheduled Event":
+        return Door(Kind.SCHEDULE, event)
+    return Door(Kind.ACTION, event)
+
+
+def is_websocket(event: dict[str, Any]) -> bool:
+    """An API Gateway WebSocket event: a request context with a route and a connection id."""
+    context = event.get("requestContext")
+    return isinstance(context, dict) and "routeKey" in context and "connectionId" in context
 
 
 def is_http_request(event: dict[str, Any]) -> bool:
