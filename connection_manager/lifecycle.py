@@ -1,13 +1,13 @@
 """A connection's life: register, connect under the per-user cap, heartbeat and activity, update and disconnect.
 
 Part of :class:`connection_manager.service.ConnectionService`, which composes the parts
-(see that module for why one object). Moved from ``service.py`` unchanged.
+(see that module for why one object).
 """
 from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 from pynamodb.exceptions import PynamoDBException
@@ -47,10 +47,6 @@ from models.connection import (
     parse_timestamp,
     shard_for,
 )
-
-if TYPE_CHECKING:
-    # Imported where a page is continued or handed out: most invocations never paginate.
-    pass
 
 log = logging.getLogger(__name__)
 

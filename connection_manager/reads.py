@@ -1,7 +1,7 @@
 """Reading connections: one, a user's, the fleet's (filtered, paged, fanned out over shards), and the counts.
 
 Part of :class:`connection_manager.service.ConnectionService`, which composes the parts
-(see that module for why one object). Moved from ``service.py`` unchanged.
+(see that module for why one object).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The one data-access module: every PynamoDB condition and update action on a connection row.
 
 Part of :class:`connection_manager.service.ConnectionService`, which composes the parts
-(see that module for why one object). Moved from ``service.py`` unchanged.
+(see that module for why one object).
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import logging
 import threading
 import uuid
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from pynamodb.exceptions import DoesNotExist, PynamoDBException
 
@@ -44,10 +44,6 @@ from models.connection import (
     parse_timestamp,
     shard_for,
 )
-
-if TYPE_CHECKING:
-    # Imported where a page is continued or handed out: most invocations never paginate.
-    pass
 
 log = logging.getLogger(__name__)
 

@@ -52,20 +52,14 @@ class SigningKeys:
 
     def keys(self) -> list[str]:
         """The keys, newest first: the first signs, any of them verifies."""
-        explicit = self._settings.token_secret
-        if explicit is not None:
-            if len(explicit) < MIN_TOKEN_SECRET_CHARS:
-                raise unavailable(f"PAGINATION_TOKEN_SECRET must be at least {MIN_TOKEN_SECRET_CHARS} characters long")
-            return [explicit]
-        name = self._settings.token_key_parameter
-        if name:
-            return self._from_parameter(name)
-        if not self._settings.in_lambda:
-            return [process_token_secret()]
-        raise unavailable(
-            f"{KEY_PARAMETER_VARIABLE} is not set: run `connection-manager setup-stage STAGE` and deploy the stage's "
-            "settings (or set PAGINATION_TOKEN_SECRET)"
-        )
+        problem = describe_problem(self._settings)
+        if problem:
+            raise unavailable(problem)
+        if self._settings.token_secret is not None:
+            return [self._settings.token_secret]
+        if self._settings.token_key_parameter:
+            return self._from_parameter(self._settings.token_key_parameter)
+        return [process_token_secret()]
 
     def _from_parameter(self, name: str) -> list[str]:
         try:
@@ -90,12 +84,18 @@ def unavailable(message: str) -> UnavailableError:
 
 
 def describe_problem(settings: Settings) -> str | None:
-    """What would stop tokens, for the one log line at cold start (no I/O: the parameter is not read)."""
+    """What in the settings stops tokens (no I/O: the parameter itself is read by :meth:`SigningKeys.keys`).
+
+    The one check behind both the cold-start log line and each 503.
+    """
     explicit = settings.token_secret
     if explicit is not None and len(explicit) < MIN_TOKEN_SECRET_CHARS:
         return f"PAGINATION_TOKEN_SECRET must be at least {MIN_TOKEN_SECRET_CHARS} characters long"
     if explicit is None and not settings.token_key_parameter and settings.in_lambda:
-        return f"neither PAGINATION_TOKEN_SECRET nor {KEY_PARAMETER_VARIABLE} is set"
+        return (
+            f"{KEY_PARAMETER_VARIABLE} is not set: run `connection-manager setup-stage STAGE` and deploy the stage's "
+            "settings (or set PAGINATION_TOKEN_SECRET)"
+        )
     return None
 
 

@@ -1,14 +1,14 @@
 """Table upkeep: create the table and its TTL, migrate an older layout, reindex the live rows.
 
 Part of :class:`connection_manager.service.ConnectionService`, which composes the parts
-(see that module for why one object). Moved from ``service.py`` unchanged.
+(see that module for why one object).
 """
 from __future__ import annotations
 
 import logging
 import time
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from connection_manager.bulk import APPLIED, SKIPPED, BulkOutcome
 from connection_manager.dynamo import dynamo_errors
@@ -22,10 +22,6 @@ from models.connection import (
     epoch_seconds,
     shard_for,
 )
-
-if TYPE_CHECKING:
-    # Imported where a page is continued or handed out: most invocations never paginate.
-    pass
 
 log = logging.getLogger(__name__)
 

@@ -140,21 +140,20 @@ def test_from_zero__setup_stage_then_deploy__every_event_answers(moto_server: Mo
     zappa(endpoint, "package", STAGE, "-o", str(out))
     package = {"zip": out}
     connects = [websocket_event("websocket_connect", f"conn-{name}", user_id="user-1") for name in ("a", "b", "c")]
-    connected = run_in_package(package, tmp_path, connects, endpoint, variables=variables, function_name=FUNCTION,
-                               aws_endpoint=endpoint)
+    connected = run_in_package(package, tmp_path, connects, endpoint, variables=variables, function_name=FUNCTION)
     assert [outcome["ok"]["statusCode"] for outcome in connected["results"]] == [200, 200, 200]
     first = run_in_package(
         package, tmp_path,
         [websocket_event("websocket_message", "conn-a"), load_event("scheduled_event"),
          http_request("GET", "/health"), {"action": "get_all_connections", "limit": 2}],
-        endpoint, variables=variables, function_name=FUNCTION, aws_endpoint=endpoint,
+        endpoint, variables=variables, function_name=FUNCTION,
     )
     message, scheduled, health, page = (outcome["ok"] for outcome in first["results"])
     token = page["body"]["nextToken"]
     # and another process (another container) continues the listing
     (rest,) = (outcome["ok"] for outcome in run_in_package(
         package, tmp_path, [{"action": "get_all_connections", "limit": 2, "nextToken": token}],
-        endpoint, variables=variables, function_name=FUNCTION, aws_endpoint=endpoint,
+        endpoint, variables=variables, function_name=FUNCTION,
     )["results"])
 
     # Then all of them answer 2xx

@@ -26,7 +26,6 @@ import pytest
 from packaging.requirements import Requirement
 
 from tests.support.dynamo_proxy import DynamoProxy
-from tests.support.moto_server import MotoServer
 from tests.support.events import load_event
 
 pytestmark = pytest.mark.zappa
@@ -217,20 +216,21 @@ def test_template__every_method_is_iam_authorized(tmp_path: Path) -> None:
 
 
 def run_in_package(
-    package: dict[str, Any], tmp_path: Path, events: list[Any], endpoint: str,
-    *, variables: dict[str, str] | None = None, function_name: str = FUNCTION_NAME, aws_endpoint: str | None = None,
+    package: dict[str, Any], tmp_path: Path, events: list[Any], endpoint: str | DynamoProxy,
+    *, variables: dict[str, str] | None = None, function_name: str = FUNCTION_NAME,
 ) -> dict[str, Any]:
     """Call the configured Lambda Handler inside the package with ``events``, in a fresh interpreter.
 
     The environment is the stage's own, as `zappa deploy` sets it, plus only what points AWS
     at the test's servers: nothing a user's deploy would not have (no secret set by hand).
     """
+    dynamodb, aws = endpoints(endpoint)
     events_file, output = tmp_path / "events.json", tmp_path / "results.json"
     events_file.write_text(json.dumps(events), encoding="utf-8")
     env = offline_env(
         AWS_LAMBDA_FUNCTION_NAME=function_name,
-        AWS_ENDPOINT_URL_DYNAMODB=endpoint,
-        AWS_ENDPOINT_URL_SSM=aws_endpoint or _upstream(endpoint),
+        AWS_ENDPOINT_URL_DYNAMODB=dynamodb,
+        AWS_ENDPOINT_URL_SSM=aws,
         **(stage_setting(STAGE, "aws_environment_variables") if variables is None else variables),
     )
     env.pop("VIRTUAL_ENV")
@@ -254,22 +254,22 @@ def run_in_package(
     return report
 
 
-#: The moto server behind each DynamoDB proxy a test used: SSM (the stage's signing key) lives there.
-_UPSTREAMS: dict[str, str] = {}
+def endpoints(target: str | DynamoProxy) -> tuple[str, str]:
+    """Where DynamoDB calls go, and where every other AWS call (SSM: the stage's signing key) goes:
+    a proxy's own URL and the moto server behind it, or one server for both."""
+    if isinstance(target, DynamoProxy):
+        return target.url, f"http://{target.upstream_host}:{target.upstream_port}"
+    return target, target
 
 
-def _upstream(endpoint: str) -> str:
-    return _UPSTREAMS.get(endpoint, endpoint)
-
-
-def setup_stage(proxy: DynamoProxy, moto_url: str) -> None:
+def setup_stage(proxy: DynamoProxy) -> None:
     """What a user runs once per stage before `zappa deploy`: the table and the signing key."""
-    _UPSTREAMS[proxy.url] = moto_url
-    cli("setup-stage", STAGE, endpoint=proxy.url)
+    cli("setup-stage", STAGE, endpoint=proxy)
 
 
-def cli(*args: str, endpoint: str) -> None:
-    env = offline_env(AWS_ENDPOINT_URL_DYNAMODB=endpoint, AWS_ENDPOINT_URL_SSM=_upstream(endpoint),
+def cli(*args: str, endpoint: str | DynamoProxy) -> None:
+    dynamodb, aws = endpoints(endpoint)
+    env = offline_env(AWS_ENDPOINT_URL_DYNAMODB=dynamodb, AWS_ENDPOINT_URL_SSM=aws,
                       **stage_setting(STAGE, "aws_environment_variables"))
     result = subprocess.run([str(BIN / "connection-manager"), *args], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=60)
@@ -301,10 +301,10 @@ def policy_actions(stage: str) -> set[str]:
 
 
 @pytest.mark.integration
-def test_package__serves_every_event_shape(package: dict[str, Any], dynamo_proxy: DynamoProxy, moto_server: MotoServer, tmp_path: Path) -> None:
+def test_package__serves_every_event_shape(package: dict[str, Any], dynamo_proxy: DynamoProxy, tmp_path: Path) -> None:
     # Given the stage's table with 3 live, 2 stale and 1 disconnected connection
-    setup_stage(dynamo_proxy, moto_server.url)
-    cli("seed", "3", "--stale", "2", "--history", "1", "--users", "1", "--quiet", endpoint=dynamo_proxy.url)
+    setup_stage(dynamo_proxy)
+    cli("seed", "3", "--stale", "2", "--history", "1", "--users", "1", "--quiet", endpoint=dynamo_proxy)
     dynamo_proxy.reset_counters()
 
     # When every kind of event reaches the packaged Lambda Handler
@@ -321,7 +321,7 @@ def test_package__serves_every_event_shape(package: dict[str, Any], dynamo_proxy
         http_request("GET", "/connections", {"limit": "2"}),
         http_request("GET", "/connections/pkg-1"),
     ]
-    report = run_in_package(package, tmp_path, events, dynamo_proxy.url)
+    report = run_in_package(package, tmp_path, events, dynamo_proxy)
     answers = [outcome["ok"] for outcome in report["results"]]
 
     # Then the raw actions answer per the contract, without importing Flask
@@ -373,14 +373,14 @@ HTTP_EVENTS = ["powertools_http_api_v2", "lambda_go_http_api_v2_iam", "powertool
 
 @pytest.mark.integration
 def test_package__other_services_events__400_never_null(
-    package: dict[str, Any], dynamo_proxy: DynamoProxy, moto_server: MotoServer, tmp_path: Path
+    package: dict[str, Any], dynamo_proxy: DynamoProxy, tmp_path: Path
 ) -> None:
     # Given the stage's table
-    setup_stage(dynamo_proxy, moto_server.url)
+    setup_stage(dynamo_proxy)
 
     # When other services' events and HTTP requests of every API kind reach the packaged handler
     events = [load_event(f"aws/{name}") for name in FOREIGN_EVENTS + HTTP_EVENTS] + [{"raw_command": "x = 1"}]
-    report = run_in_package(package, tmp_path, events, dynamo_proxy.url)
+    report = run_in_package(package, tmp_path, events, dynamo_proxy)
     answers = [outcome["ok"] for outcome in report["results"]]
 
     # Then each foreign event gets a 400 naming its service, and is counted (an EMF record on stdout)
@@ -397,10 +397,10 @@ def test_package__other_services_events__400_never_null(
 
 @pytest.mark.integration
 def test_package__percent_encoded_ids_in_paths__reach_the_connection(
-    package: dict[str, Any], dynamo_proxy: DynamoProxy, moto_server: MotoServer, tmp_path: Path
+    package: dict[str, Any], dynamo_proxy: DynamoProxy, tmp_path: Path
 ) -> None:
     # Given connections whose ids hold "/", "+" and "=" (API Gateway's ids are base64)
-    setup_stage(dynamo_proxy, moto_server.url)
+    setup_stage(dynamo_proxy)
     ids = ["a/b", "L0SM9cOF+vHcC/hw=", "/lead", "two//slashes"]
     events: list[Any] = [{"action": "register_connection", "connectionId": cid, "userId": "u/1+"} for cid in ids]
 
@@ -408,7 +408,7 @@ def test_package__percent_encoded_ids_in_paths__reach_the_connection(
     for cid in ids:
         events.append(http_request("GET", "/connections/" + quote(cid, safe="")))
     events.append(http_request("GET", "/users/" + quote("u/1+", safe="") + "/connections"))
-    report = run_in_package(package, tmp_path, events, dynamo_proxy.url)
+    report = run_in_package(package, tmp_path, events, dynamo_proxy)
     answers = [outcome["ok"] for outcome in report["results"]]
 
     # Then each request reaches its own connection
