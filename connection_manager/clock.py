@@ -5,6 +5,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable
 
 Clock = Callable[[], datetime]
+#: Milliseconds of Lambda time left; None when the caller has no deadline.
+TimeLeft = Callable[[], int] | None
 
 
 def utc_now() -> datetime:

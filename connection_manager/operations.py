@@ -103,21 +103,22 @@ def _cleanup(svc: ConnectionService, p: s.CleanupStaleConnections, inv: Invocati
 
 
 def _after_sweep(svc: ConnectionService, body: Body, inv: Invocation) -> None:
-    """Snapshot the platform (exact counts, repaired counters) and keep the sweep in the history.
+    """Carry the snapshot pass on and keep the sweep in the history.
 
-    Neither may fail the sweep that already ran, nor eat the time it kept in reserve: a
-    snapshot skipped here is taken by the next sweep.
+    The sweep ran first and kept its margin; the snapshot counts in the time between, up to
+    the same margin, and the next invocation carries on where it stopped. Neither may fail
+    the sweep that already ran.
     """
-    snapshot = None
-    time_left = inv.time_left_ms
-    if time_left is None or time_left() >= svc.settings.sweep_time_margin_ms:
-        try:
-            snapshot = svc.take_snapshot()
-            body["activeConnections"] = snapshot["activeConnections"]
-        except ConnectionManagerError as exc:
-            log.warning("no snapshot after this sweep: %s", exc.message)
+    figures = None
     try:
-        svc.record_sweep(body, snapshot)
+        outcome = svc.advance_snapshot(inv.time_left_ms)
+        figures = outcome.figures
+        body["snapshotComplete"] = figures is not None
+        body["activeConnections"] = figures["activeConnections"] if figures else svc.counted_live()
+    except ConnectionManagerError as exc:
+        log.warning("snapshot not carried on after this sweep: %s", exc.message)
+    try:
+        svc.record_sweep(body, figures)
     except ConnectionManagerError as exc:
         log.warning("sweep not kept in the history: %s", exc.message)
 

@@ -4,11 +4,12 @@
   the counter item of that row's live shard (:func:`models.platform.counter_key`), after
   the row's own conditional write succeeded. ``/stats`` reads the ``n`` counters and the
   snapshot in one BatchGetItem: ``n + 1`` small items whatever the number of connections.
-* **Snapshot.** After each sweep :meth:`PlatformStats.take_snapshot` reads every live row
-  once (the cost of a ``Select=COUNT``: DynamoDB bills the bytes it reads either way),
-  counts each shard exactly, repairs a counter that drifted (a counter write lost after
-  its row write, rows other tools wrote), and stores distinct users, the idle-time
-  distribution and the heaviest users.
+* **Snapshot.** After each sweep, in the time the sweep left, a pass over every live row
+  (the cost of a ``Select=COUNT``: DynamoDB bills the bytes it reads either way) goes on
+  from where the last invocation stopped (:mod:`connection_manager.snapshot`): it counts
+  each shard exactly, repairs a counter that drifted (a counter write lost after its row
+  write, rows other tools wrote), and, once every shard is done, publishes distinct users,
+  the idle-time distribution and the heaviest users.
 * **History.** Each sweep's result is one small record that DynamoDB's TTL removes after
   :data:`HISTORY_TTL_SECONDS`; ``GET /stats/history`` is one range query.
 """
@@ -16,17 +17,16 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
 
 from pynamodb.exceptions import PynamoDBException
 
-from connection_manager.dynamo import dynamo_errors, is_condition_failure
-from connection_manager.sketch import DistinctCounter, TopCounter
-from models.connection import ConnectionModel, ConnectionStatus, format_timestamp, live_shards, shard_for
+from connection_manager.clock import TimeLeft
+from connection_manager.dynamo import dynamo_errors
+from connection_manager.snapshot import Outcome, SnapshotPass
+from models.connection import ConnectionModel, format_timestamp, live_shards, shard_for
 from models.platform import (
     HISTORY_SHARD,
     SNAPSHOT_KEY,
@@ -39,12 +39,6 @@ from models.platform import (
 log = logging.getLogger(__name__)
 
 HISTORY_TTL_SECONDS = 30 * 24 * 3600
-#: Users shown as the heaviest on the dashboard.
-TOP_USERS = 10
-#: Lower bounds (seconds idle) of the idle-time distribution's bins.
-IDLE_BINS: tuple[tuple[str, int], ...] = (
-    ("< 5 min", 0), ("5-15 min", 300), ("15-30 min", 900), ("30-60 min", 1800), ("1-2 h", 3600), ("> 2 h", 7200),
-)
 #: The sweep counts a history record carries; counts a sweep does not report are 0.
 SWEEP_COUNTS = {
     "staleFound": "scannedCount",
@@ -62,6 +56,7 @@ class PlatformStats:
         self.model = model
         self.records: type[PlatformRecord] = records_for(model)
         self.concurrency = concurrency
+        self.snapshots = SnapshotPass(model, self.records, concurrency)
 
     # Counters ---------------------------------------------------------------------------
 
@@ -79,86 +74,43 @@ class PlatformStats:
 
     def read(self) -> tuple[int, dict[str, Any] | None]:
         """The live connections the counters hold, and the latest snapshot (None before the first)."""
+        active, snapshot, _ = self.read_all()
+        return active, snapshot
+
+    def read_all(self) -> tuple[int, dict[str, Any] | None, dict[str, Any] | None]:
+        """The counters' live connections, the latest snapshot and the pass under way (or None)."""
         keys = [counter_key(shard) for shard in range(live_shards(self.model))] + [SNAPSHOT_KEY]
         with dynamo_errors("stats"):
             items = list(self.records.batch_get(keys))
         active = sum(int(item.live or 0) for item in items if item.key != SNAPSHOT_KEY)
-        snapshot = next((json.loads(item.body) for item in items if item.key == SNAPSHOT_KEY and item.body), None)
-        return max(active, 0), snapshot
+        own = next((item for item in items if item.key == SNAPSHOT_KEY), None)
+        snapshot = json.loads(own.body) if own is not None and own.body else None
+        progress = json.loads(own.progress) if own is not None and own.progress else None
+        return max(active, 0), snapshot, progress
 
     # Snapshot ---------------------------------------------------------------------------
 
+    def advance_snapshot(self, now: datetime, time_left: TimeLeft, margin_ms: int) -> Outcome:
+        """Carry the snapshot pass on until ``margin_ms`` is left (see :mod:`connection_manager.snapshot`)."""
+        return self.snapshots.advance(now, time_left, margin_ms)
+
     def take_snapshot(self, now: datetime) -> dict[str, Any]:
-        """Count every live row, repair the counters, store and return the snapshot body."""
-        users, heavy = DistinctCounter(), TopCounter()
-        idle = [0] * len(IDLE_BINS)
-        lock = threading.Lock()
-        repaired = 0
+        """Count every live row now, with no deadline (seeding, the CLI); the latest figures.
 
-        def count_shard(shard: int) -> tuple[int, bool]:
-            before = self._counter(shard)
-            rows = 0
-            for page in self.model.live_index.query(
-                shard,
-                filter_condition=ConnectionModel.status == ConnectionStatus.CONNECTED.value,
-                attributes_to_get=["userId", "lastActiveAt", "createdAt"],
-            ).page_iter:
-                found = [self.model.from_raw_data(item) for item in page.get("Items", [])]
-                with lock:
-                    for row in found:
-                        users.add(row.user_id)
-                        heavy.add(row.user_id)
-                        last = row.last_active_at or row.created_at
-                        seconds = (now - last).total_seconds() if last is not None else float("inf")
-                        idle[_bin(seconds)] += 1
-                rows += len(found)
-            return rows, before != rows and self._repair(shard, before, rows)
-
-        with dynamo_errors("snapshot"):
-            shards = list(range(live_shards(self.model)))
-            with ThreadPoolExecutor(max_workers=max(1, min(len(shards), self.concurrency))) as pool:
-                counted = list(pool.map(count_shard, shards))
-            active = sum(rows for rows, _ in counted)
-            repaired = sum(1 for _, fixed in counted if fixed)
-            body = {
-                "asOf": format_timestamp(now),
-                "activeConnections": active,
-                "distinctUsers": users.count(),
-                "distinctUsersExact": users.exact,
-                "idle": [{"label": label, "fromSeconds": low, "count": n} for (label, low), n in zip(IDLE_BINS, idle)],
-                "topUsers": [{"userId": user, "connections": n} for user, n in heavy.top(TOP_USERS)],
-                "topUsersExact": heavy.exact,
-                "countersRepaired": repaired,
-            }
-            self.records(SNAPSHOT_KEY, body=json.dumps(body, separators=(",", ":"))).save()
-        return body
-
-    def _counter(self, shard: int) -> int | None:
-        try:
-            return int(self.records.get(counter_key(shard), consistent_read=True).live or 0)
-        except self.records.DoesNotExist:
-            return None
-
-    def _repair(self, shard: int, before: int | None, rows: int) -> bool:
-        """Set a shard's counter to its count, unless a connect or disconnect moved it meanwhile
-        (then the count may already be stale: the next snapshot tries again)."""
-        condition = PlatformRecord.live.does_not_exist() if before is None else PlatformRecord.live == before
-        try:
-            self.records(counter_key(shard)).update(actions=[PlatformRecord.live.set(rows)], condition=condition)
-        except PynamoDBException as exc:
-            if is_condition_failure(exc):
-                return False
-            raise
-        # A first count is no repair worth an INFO line; a counter that drifted is.
-        (log.debug if before is None else log.info)("live counter of shard %s set: %s -> %s", shard, before, rows)
-        return True
+        A pass another invocation holds is left to it: its figures so far are returned.
+        """
+        outcome = self.snapshots.advance(now, None, 0)
+        if outcome.figures is not None:
+            return outcome.figures
+        return self.read()[1] or {}
 
     # History ----------------------------------------------------------------------------
 
     def record_sweep(self, now: datetime, sweep: dict[str, Any], snapshot: dict[str, Any] | None) -> dict[str, Any]:
         """Store one sweep's result; DynamoDB's TTL deletes it after 30 days."""
         entry: dict[str, Any] = {"at": format_timestamp(now)}
-        entry["activeConnections"] = snapshot["activeConnections"] if snapshot else None
+        # Without a finished pass, the counters' figure the sweep's answer carries (if any).
+        entry["activeConnections"] = snapshot["activeConnections"] if snapshot else sweep.get("activeConnections")
         entry["distinctUsers"] = snapshot["distinctUsers"] if snapshot else None
         entry.update({name: int(sweep.get(field) or 0) for name, field in SWEEP_COUNTS.items()})
         entry["durationMs"] = int(sweep.get("durationMs") or 0)
@@ -186,10 +138,3 @@ class PlatformStats:
             entries = [json.loads(item.body) for item in found if item.body]
         return entries[::-1]
 
-
-def _bin(seconds: float) -> int:
-    index = 0
-    for position, (_, low) in enumerate(IDLE_BINS):
-        if seconds >= low:
-            index = position
-    return index

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import msgspec
 
+from connection_manager.clock import TimeLeft
 from connection_manager.dynamo import dynamo_errors
 from connection_manager.records import to_record
 from connection_manager.rows import (
@@ -23,7 +24,8 @@ from connection_manager.rows import (
     check_start_key,
     live_key,
 )
-from connection_manager.schemas import ConnectionList, Stats
+from connection_manager.schemas import ConnectionList, SnapshotProgress, Stats
+from connection_manager.snapshot import Outcome
 from models.connection import (
     ConnectionModel,
     activity_bucket,
@@ -330,7 +332,7 @@ class Reads(RowAccess):
         """
         now = self.clock()
         cutoff = now - timedelta(seconds=self.settings.stale_after_seconds)
-        active, snapshot = self.platform.read()
+        active, snapshot, progress = self.platform.read_all()
         with dynamo_errors("stats"):
             stale = sum(
                 self._fan_out(
@@ -343,6 +345,7 @@ class Reads(RowAccess):
                 )
             )
         snap = snapshot or {}
+        as_of = parse_timestamp(snap["asOf"]) if snap.get("asOf") else None
         return Stats(
             active_connections=active,
             distinct_users=int(snap.get("distinctUsers", 0)),
@@ -354,11 +357,27 @@ class Reads(RowAccess):
             distinct_users_exact=bool(snap.get("distinctUsersExact", True)),
             idle=snap.get("idle", []),
             top_users=snap.get("topUsers", []),
+            snapshot_age_seconds=None if as_of is None else max(0, int((now - as_of).total_seconds())),
+            snapshot_pass=None if progress is None else SnapshotProgress(
+                started_at=progress["startedAt"],
+                shards=int(progress["shards"]),
+                shards_done=int(progress["shardsDone"]),
+                rows_counted=int(progress["rowsCounted"]),
+                invocations=int(progress["invocations"]),
+            ),
         )
 
     def take_snapshot(self) -> dict[str, Any]:
-        """Count every live row once and repair the counters (after each sweep; see PlatformStats)."""
+        """Count every live row once, with no deadline, and repair the counters (seeding, the CLI)."""
         return self.platform.take_snapshot(self.clock())
+
+    def counted_live(self) -> int:
+        """The live connections the counters hold: ``n`` small items, whatever the number of rows."""
+        return self.platform.read()[0]
+
+    def advance_snapshot(self, time_left: TimeLeft) -> Outcome:
+        """Carry the snapshot pass on in the time left before the sweep's margin (the hourly path)."""
+        return self.platform.advance_snapshot(self.clock(), time_left, self.settings.sweep_time_margin_ms)
 
     def record_sweep(self, sweep: dict[str, Any], snapshot: dict[str, Any] | None) -> dict[str, Any]:
         return self.platform.record_sweep(self.clock(), sweep, snapshot)

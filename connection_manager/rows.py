@@ -58,8 +58,6 @@ ACTIVE_KEYS = frozenset({"connectionId", "activeShard", "activeBucket"})
 LIVE = ConnectionModel.status == CONNECTED
 USER_KEYS = frozenset({"connectionId", "userId", "status"})
 
-#: Milliseconds of Lambda time left; None when the caller has no deadline.
-TimeLeft = Callable[[], int] | None
 
 #: What a WebSocket message did to ``lastActiveAt``.
 WRITTEN = "written"  # the stored time was older than the interval: moved to now

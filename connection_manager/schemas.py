@@ -365,7 +365,12 @@ class CleanupResult(Struct, omit_defaults=True):
     ]
     durationMs: int
     activeConnections: Annotated[
-        int, Meta(description="Live connections counted by the snapshot taken after a real sweep (absent in a dry run).")
+        int, Meta(description="Live connections after a real sweep (absent in a dry run): counted by the snapshot pass "
+                  "when this invocation finished one, else the live counters' figure.")
+    ] | None = None
+    snapshotComplete: Annotated[
+        bool, Meta(description="Whether this invocation finished a snapshot pass (absent in a dry run); a pass "
+                   "that did not fit carries on in the next invocation.")
     ] | None = None
     #: Rows past their lifetime, or open but idle at the gateway, whose socket stayed open.
     notClosedCount: NotClosed | None = None
@@ -387,13 +392,25 @@ class UserCount(Struct, rename="camel"):
     connections: int
 
 
+class SnapshotProgress(Struct, rename="camel"):
+    """The snapshot pass under way: it carries on in each hourly invocation until every shard is done."""
+
+    started_at: Timestamp
+    shards: int
+    shards_done: int
+    rows_counted: int
+    invocations: int
+
+
 class Stats(Response, rename="camel"):
     """Counts for the dashboard, over the live rows only, at a cost independent of their number.
 
     ``activeConnections`` is kept by the writes (exact at each snapshot); ``distinctUsers``,
     ``idle`` and ``topUsers`` are as of the latest snapshot, ``asOf`` (null before the first
     sweep); ``distinctUsersExact`` is false when ``distinctUsers`` is an estimate (past
-    10,000 users, about 1.6 % error).
+    10,000 users, about 1.6 % error). ``snapshotAgeSeconds`` says how old those figures
+    are; ``snapshotPass`` how far the pass that will replace them has come (null when
+    none is under way: the figures are as fresh as the last sweep).
     """
 
     active_connections: int
@@ -406,6 +423,8 @@ class Stats(Response, rename="camel"):
     distinct_users_exact: bool = True
     idle: list[IdleBin] = []
     top_users: list[UserCount] = []
+    snapshot_age_seconds: int | None = None
+    snapshot_pass: SnapshotProgress | None = None
 
 
 class SweepRecord(Struct, rename="camel"):

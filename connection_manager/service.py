@@ -14,7 +14,7 @@ in DynamoDB rather than in a read-modify-write window here.
 from __future__ import annotations
 
 from connection_manager.activity import ActivityMemory
-from connection_manager.clock import Clock, utc_now
+from connection_manager.clock import Clock, TimeLeft, utc_now
 from connection_manager.config import Settings
 from connection_manager.gateway import Gateway
 from connection_manager.lifecycle import (
@@ -39,7 +39,6 @@ from connection_manager.rows import (
     NOT_CONNECTED,
     REMEMBERED,
     WRITTEN,
-    TimeLeft,
 )
 from connection_manager.signing_key import SigningKeys
 from connection_manager.sweep import Sweep, SweepResult

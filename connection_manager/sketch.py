@@ -7,8 +7,10 @@ which they are.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import math
+from typing import Any
 
 #: Distinct keys kept exactly; beyond this the counters switch to bounded estimates.
 EXACT_UP_TO = 10_000
@@ -51,6 +53,23 @@ class DistinctCounter:
             estimate = _M * math.log(_M / zeros)
         return round(estimate)
 
+    def to_state(self, keep_exact: bool = True) -> dict[str, Any]:
+        """A JSON-able form, so a count can go on in the next invocation; without the exact
+        keys (``keep_exact=False``) it goes on as an estimate."""
+        exact = sorted(self._exact) if keep_exact and self._exact is not None else None
+        return {"registers": base64.b64encode(bytes(self._registers)).decode("ascii"), "exact": exact, "limit": self._limit}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> DistinctCounter:
+        counter = cls(int(state["limit"]))
+        registers = base64.b64decode(state["registers"])
+        if len(registers) != _M:
+            raise ValueError(f"expected {_M} registers, got {len(registers)}")
+        counter._registers = bytearray(registers)
+        exact = state["exact"]
+        counter._exact = None if exact is None else {str(key) for key in exact}
+        return counter
+
 
 class TopCounter:
     """The keys with the most occurrences: exact while small, then Misra-Gries (1982), whose
@@ -73,3 +92,24 @@ class TopCounter:
 
     def top(self, n: int) -> list[tuple[str, int]]:
         return sorted(self._counts.items(), key=lambda item: (-item[1], item[0]))[:n]
+
+    def shrink(self, capacity: int) -> None:
+        """Keep at most ``capacity`` keys the Misra-Gries way (subtract the count of the first key
+        left out from every count), so the summary stays mergeable with the bound n / capacity."""
+        if len(self._counts) <= capacity:
+            return
+        ranked = sorted(self._counts.values(), reverse=True)
+        floor = ranked[capacity]
+        self._counts = {key: count - floor for key, count in self._counts.items() if count > floor}
+        self._capacity = capacity
+        self.exact = False
+
+    def to_state(self) -> dict[str, Any]:
+        return {"counts": self._counts, "capacity": self._capacity, "exact": self.exact}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> TopCounter:
+        counter = cls(int(state["capacity"]))
+        counter._counts = {str(key): int(count) for key, count in state["counts"].items()}
+        counter.exact = bool(state["exact"])
+        return counter

@@ -14,13 +14,13 @@ import msgspec
 from pynamodb.exceptions import PynamoDBException
 
 from connection_manager.bulk import APPLIED, SKIPPED, BulkOutcome
+from connection_manager.clock import TimeLeft
 from connection_manager.dynamo import dynamo_errors, error_code
 from connection_manager.gateway import GONE, UNREACHABLE, Alive
 from connection_manager.rows import (
     CONNECTED,
     RowAccess,
     Tally,
-    TimeLeft,
     live_index_actions,
     new_write_id,
 )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pynamodb.attributes import NumberAttribute, TTLAttribute, UnicodeAttribute
+from pynamodb.attributes import BinaryAttribute, NumberAttribute, TTLAttribute, UnicodeAttribute
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
 from pynamodb.models import Model
 
@@ -20,6 +20,8 @@ from models.connection import ConnectionModel
 #: Every reserved key starts with this; connection ids that do are refused at the door.
 RESERVED_PREFIX = "#cm#"
 SNAPSHOT_KEY = RESERVED_PREFIX + "snapshot"
+#: The snapshot pass under way: its cursor per shard and its partial counts (compressed JSON).
+PASS_KEY = RESERVED_PREFIX + "snapshot#pass"
 #: ``LiveIndex`` partition of the sweep history (connections use ``0..live_shards-1``).
 HISTORY_SHARD = -1
 
@@ -52,7 +54,13 @@ class HistoryIndex(GlobalSecondaryIndex["PlatformRecord"]):
 
 
 class PlatformRecord(Model):
-    """A counter (``live``), the snapshot or one sweep's result (``body``, JSON text)."""
+    """A counter (``live``), the snapshot or one sweep's result (``body``, JSON text).
+
+    The snapshot item also holds the lease of the pass under way (``leaseOwner`` until
+    ``leaseUntil``, epoch milliseconds) and its progress (``progress``, JSON text); the
+    pass's cursors and partial counts are the ``state`` of :data:`PASS_KEY`, kept apart so
+    that ``/stats`` and taking the lease read and write a small item.
+    """
 
     class Meta:
         table_name = "connections"
@@ -63,6 +71,10 @@ class PlatformRecord(Model):
     active_shard = NumberAttribute(null=True, attr_name="activeShard")
     active_bucket = NumberAttribute(null=True, attr_name="activeBucket")
     expires_at = TTLAttribute(null=True, attr_name="expiresAt")
+    lease_owner = UnicodeAttribute(null=True, attr_name="leaseOwner")
+    lease_until = NumberAttribute(null=True, attr_name="leaseUntil")
+    progress = UnicodeAttribute(null=True, attr_name="progress")
+    state = BinaryAttribute(null=True, legacy_encoding=False, attr_name="state")
 
     history = HistoryIndex()
 

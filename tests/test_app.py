@@ -178,6 +178,8 @@ def test_stats__counts_live_connections_users_and_stale(
             {"label": "> 2 h", "fromSeconds": 7200, "count": 1},
         ],
         "topUsers": [{"userId": "u1", "connections": 2}, {"userId": "u2", "connections": 1}],
+        "snapshotAgeSeconds": 0,
+        "snapshotPass": None,
     }
 
 
