@@ -130,9 +130,12 @@ def _components(routes: Iterable[Route]) -> tuple[dict[str, Any], dict[str, Any]
             if struct is not None and struct not in structs:
                 structs.append(struct)
     _, components = msgspec.json.schema_components(structs, ref_template=REF)
-    # Responses are encoded with omit_defaults: an absent field is omitted, never null.
+    # Shapes encoded with omit_defaults leave an absent field out, never null; the others
+    # (Stats, whose asOf is null before the first sweep) keep the null their document says.
     for name, schema in components.items():
-        if schema.get("additionalProperties") is not False and "properties" in schema:
+        struct = getattr(s, name, None)
+        omits = struct is None or struct.__struct_config__.omit_defaults
+        if omits and schema.get("additionalProperties") is not False and "properties" in schema:
             schema["properties"] = {key: _without_null(value) for key, value in schema["properties"].items()}
     # Parameter schemas come from the structs the views validate with (not put in components).
     params: dict[str, Any] = {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
+from collections import Counter
 from typing import Any
 
 #: Distinct keys kept exactly; beyond this the counters switch to bounded estimates.
@@ -38,6 +39,13 @@ class DistinctCounter:
             self._exact.add(key)
             if len(self._exact) > self._limit:
                 self._exact = None
+
+    def add_many(self, keys: list[str]) -> None:
+        """``add`` each key; a key already held exactly was hashed when it came, so it is not
+        hashed again (most rows belong to a user seen before)."""
+        exact = self._exact
+        for key in set(keys) if exact is None else set(keys).difference(exact):
+            self.add(key)
 
     @property
     def exact(self) -> bool:
@@ -89,6 +97,17 @@ class TopCounter:
             # Decrement every count and drop the zeros: paid for by the increments before it.
             self.exact = False
             self._counts = {k: c - 1 for k, c in self._counts.items() if c > 1}
+
+    def add_many(self, keys: list[str]) -> None:
+        """``add`` each key: by whole counts while every key fits, one by one once it is full."""
+        counts = self._counts
+        batch = Counter(keys)
+        if len(counts) + sum(1 for key in batch if key not in counts) > self._capacity:
+            for key in keys:
+                self.add(key)
+            return
+        for key, n in batch.items():
+            counts[key] = counts.get(key, 0) + n
 
     def top(self, n: int) -> list[tuple[str, int]]:
         return sorted(self._counts.items(), key=lambda item: (-item[1], item[0]))[:n]

@@ -156,6 +156,15 @@ class IdleBins:
         self.bounds = [format_timestamp(now - timedelta(seconds=low)) for _, low in reversed(IDLE_BINS[1:])]
         self.width = len(self.bounds[0])
 
+    def count_into(self, idle: list[int], stamps: list[str | None]) -> None:
+        """Add each stamp to its bin: the hot loop of the pass, with its names bound locally."""
+        bounds, width, newest, search = self.bounds, self.width, len(self.bounds), bisect.bisect_left
+        for stamp in stamps:
+            if stamp is not None and len(stamp) == width and stamp[-1] == "Z":
+                idle[newest - search(bounds, stamp)] += 1
+            else:
+                idle[self.of(stamp)] += 1
+
     def of(self, stamp: str | None) -> int:
         if stamp is None:
             return len(IDLE_BINS) - 1

@@ -163,6 +163,24 @@ def test_top_counter__past_capacity__heavy_users_still_first():
     assert counter.top(1)[0][0] == "heavy"
 
 
+@pytest.mark.parametrize("exact_up_to", [100, 10_000])
+def test_sketches__added_page_by_page__same_state_as_one_by_one(exact_up_to):
+    keys = [f"user-{(index * 7919) % 3_000}" for index in range(12_000)] + ["heavy"] * 500
+    pages = [keys[start:start + 1_000] for start in range(0, len(keys), 1_000)]
+    one, many = DistinctCounter(exact_up_to=exact_up_to), DistinctCounter(exact_up_to=exact_up_to)
+    top_one, top_many = TopCounter(capacity=exact_up_to), TopCounter(capacity=exact_up_to)
+    for key in keys:
+        one.add(key)
+        top_one.add(key)
+    for page in pages:
+        many.add_many(page)
+        top_many.add_many(page)
+
+    assert many.to_state() == one.to_state() and (many.count(), many.exact) == (one.count(), one.exact)
+    assert top_many.top(5) == top_one.top(5) and top_many.exact == top_one.exact
+    assert top_many.top(1)[0][0] == "heavy"
+
+
 # Cost, measured on DynamoDB Local ----------------------------------------------------------
 
 

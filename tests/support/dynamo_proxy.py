@@ -43,6 +43,13 @@ _HOP_BY_HOP = frozenset(
      "transfer-encoding", "upgrade", "content-length", "host"}
 )
 
+# IAM authorizes each part of a transaction by the item action it performs.
+_TRANSACTION_PARTS: dict[str, dict[str, str]] = {
+    "TransactWriteItems": {"Put": "PutItem", "Update": "UpdateItem", "Delete": "DeleteItem",
+                           "ConditionCheck": "ConditionCheckItem"},
+    "TransactGetItems": {"Get": "GetItem"},
+}
+
 _ERROR_BODIES: dict[str, tuple[int, str, str]] = {
     "throttle": (
         400,
@@ -276,6 +283,7 @@ class DynamoProxy(LocalServer):
             self._items_returned: Counter[str] = Counter()
             self._faults: Counter[str] = Counter()
             self._faults_by_operation: Counter[str] = Counter()
+            self._iam_actions: Counter[str] = Counter()
             self._in_flight = getattr(self, "_in_flight", 0)
             self._max_in_flight = self._in_flight
 
@@ -285,7 +293,8 @@ class DynamoProxy(LocalServer):
         Keys: ``requests`` (total DynamoDB requests received), ``by_operation``,
         ``forwarded`` / ``forwarded_by_operation`` (reached the server), ``items_read`` /
         ``items_read_by_operation`` (billed reads), ``items_returned``, ``in_flight``,
-        ``max_in_flight``, ``faults`` (by mode), ``faults_total``, ``faults_by_operation``.
+        ``max_in_flight``, ``faults`` (by mode), ``faults_total``, ``faults_by_operation``,
+        ``iam_actions`` (what IAM checks: a transaction's parts, not ``TransactWriteItems``).
         """
         with self._lock:
             return {
@@ -301,6 +310,7 @@ class DynamoProxy(LocalServer):
                 "faults": dict(self._faults),
                 "faults_total": sum(self._faults.values()),
                 "faults_by_operation": dict(self._faults_by_operation),
+                "iam_actions": dict(self._iam_actions),
             }
 
     # -- lifecycle -----------------------------------------------------------------
@@ -353,6 +363,21 @@ class DynamoProxy(LocalServer):
                 self._clients.add(client)
             else:
                 self._clients.discard(client)
+
+    def _authorize(self, operation: str | None, body: bytes) -> None:
+        """Count the IAM actions a request needs: a transaction is authorized part by part, by
+        the underlying item actions (``dynamodb:TransactWriteItems`` is not an IAM action)."""
+        if operation is None:
+            return
+        actions = [operation]
+        if operation in _TRANSACTION_PARTS:
+            try:
+                items = json.loads(body or b"{}").get("TransactItems", [])
+                actions = [_TRANSACTION_PARTS[operation][kind] for item in items for kind in item]
+            except (ValueError, AttributeError, KeyError, TypeError):
+                actions = [operation]
+        with self._lock:
+            self._iam_actions.update(f"dynamodb:{action}" for action in actions)
 
     def _arrive(self, operation: str | None) -> tuple[float, _Fault | None]:
         """Count an arriving request and decide its latency and fault, atomically."""
@@ -474,6 +499,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         operation = operation_of(self.headers.get("X-Amz-Target"))
         body = proxy._rewrite_request(operation, body)
+        proxy._authorize(operation, body)
         latency_ms, fault = proxy._arrive(operation)
         left = False
         try:
