@@ -185,6 +185,12 @@ API_ROUTES: tuple[Route, ...] = (
         ),
     ),
     Route(
+        "GET", "/users/<key:userId>/presence", "get_user_presence", OPERATIONS["get_user_presence"].summary, "users",
+        action="get_user_presence", response=s.UserPresence, errors=(503,),
+        description="Reads the user's CONNECTED rows, as `GET /users/{userId}/connections` does, and their presence "
+        "item; `online` holds whether or not presence events are published (`PRESENCE_EVENT_BUS`).",
+    ),
+    Route(
         "POST", "/users/<key:userId>/disconnect", "disconnect_user", OPERATIONS["disconnect_user"].summary, "users",
         action="disconnect_user", body=s.NoParams, response=s.DisconnectResult,
         errors=(415, 503),

@@ -78,6 +78,8 @@ class Settings:
     #: The SSM SecureString holding the signing keys, one per line, newest first.
     token_key_parameter: str | None = None
     admin_token: str | None = field(default=None, repr=False)
+    #: The EventBridge bus presence events go to (``PRESENCE_EVENT_BUS``); None: presence is off.
+    presence_event_bus: str | None = None
     in_lambda: bool = False
 
     @property
@@ -177,5 +179,6 @@ class Settings:
             token_secret=token_secret or None,
             token_key_parameter=token_key_parameter or None,
             admin_token=env.get("ADMIN_TOKEN") or None,
+            presence_event_bus=env.get("PRESENCE_EVENT_BUS", "").strip() or None,
             in_lambda=in_lambda,
         )

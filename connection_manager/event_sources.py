@@ -52,6 +52,9 @@ class Kind(StrEnum):
     CONNECT = "$connect"
     DISCONNECT = "$disconnect"
     MESSAGE = "message"
+    #: A DynamoDB Streams batch: presence, when it is the function's own table's stream (the
+    #: handler checks the table, which needs the settings); refused as another service's otherwise.
+    TABLE_STREAM = "table stream"
     #: HTTP requests for the Flask app and Zappa's management commands: Zappa's handler answers.
     ZAPPA = "zappa"
     #: Another AWS service's event: refused with a 400 naming it.
@@ -93,13 +96,19 @@ def classify(event: Any) -> Door:
         return Door(_ROUTES.get(route, Kind.MESSAGE) if isinstance(route, str) else Kind.MESSAGE, event)
     if "action" not in event:
         service = foreign_source(event)
+        if service == _RECORD_SOURCES["aws:dynamodb"]:
+            return Door(Kind.TABLE_STREAM, event)
         if service is not None:
-            return Door(Kind.FOREIGN, Sender(service, tuple(sorted(map(str, event))[:10])))
+            return Door(Kind.FOREIGN, sender_of(event, service))
         if belongs_to_zappa(event):
             return Door(Kind.ZAPPA, event)
     if event.get("detail-type") == "Scheduled Event":
         return Door(Kind.SCHEDULE, event)
     return Door(Kind.ACTION, event)
+
+
+def sender_of(event: dict[str, Any], service: str) -> Sender:
+    return Sender(service, tuple(sorted(map(str, event))[:10]))
 
 
 def is_websocket(event: dict[str, Any]) -> bool:

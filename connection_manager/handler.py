@@ -21,13 +21,14 @@ import models.connection  # noqa: F401  # isort: skip
 
 from connection_manager.config import Settings
 from connection_manager.errors import ConflictError, ConnectionManagerError, InternalError, ValidationError
-from connection_manager.event_sources import Kind, Sender, belongs_to_zappa, classify
+from connection_manager.event_sources import Kind, Sender, belongs_to_zappa, classify, sender_of
 from connection_manager.gateway import management_endpoint
 from connection_manager.observability import (
     metrics_enabled,
     record_activity_failure,
     record_active_connections,
     record_error,
+    record_presence,
     record_unrecognized_event,
     set_request_id,
     setup_logging,
@@ -232,6 +233,21 @@ def _refuse_foreign(sender: Sender, context: Any, invoker: str | None) -> Answer
     )
 
 
+def _table_stream(event: dict[str, Any], context: Any, invoker: str | None) -> Answer:
+    """The table's own stream feeds presence; a stream of any other table is refused like any
+    other service's event. The answer is Lambda's partial batch response: the first record
+    not settled, so Lambda retries from it (``ReportBatchItemFailures``)."""
+    from connection_manager.presence_events import table_of
+
+    service = get_service()
+    first = event["Records"][0] if event.get("Records") else {}
+    if not isinstance(first, dict) or table_of(first.get("eventSourceARN")) != service.settings.table_name:
+        return _refuse_foreign(sender_of(event, "DynamoDB Streams"), context, invoker)
+    done = service.consume_stream(event["Records"])
+    record_presence(done)
+    return {"batchItemFailures": [{"itemIdentifier": done.failed}] if done.failed else []}
+
+
 def _not_an_object(event: Any, context: Any, invoker: str | None) -> Answer:
     raise ValidationError("The event must be a JSON object with an `action`")
 
@@ -259,6 +275,7 @@ _DOORS: dict[Kind, Callable[[Any, Any, str | None], Answer]] = {
     Kind.CONNECT: _connect,
     Kind.DISCONNECT: _disconnect,
     Kind.MESSAGE: _message,
+    Kind.TABLE_STREAM: _table_stream,
     Kind.ZAPPA: _delegate,
     Kind.FOREIGN: _refuse_foreign,
     Kind.NOT_AN_OBJECT: _not_an_object,

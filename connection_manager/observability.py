@@ -244,3 +244,18 @@ def record_error(code: str) -> None:
 def record_unrecognized_event(source: str) -> None:
     """Another service's event reached the function: a misconfigured trigger somebody must remove."""
     emit_metrics({"UnrecognizedEvents": (1, "Count")}, {"source": source})
+
+
+def record_presence(done: Any) -> None:
+    """One stream batch: changes applied, events published, records skipped (by cause), and
+    whether a record was given back to Lambda."""
+    values = {
+        "PresenceChanges": (done.changes, "Count"),
+        "PresenceDuplicates": (done.duplicates, "Count"),
+        "PresenceEventsPublished": (done.published, "Count"),
+        "PresenceRecordsSkipped": (sum(done.skipped.values()), "Count"),
+        "PresenceRecordsFailed": (1 if done.failed else 0, "Count"),
+    }
+    emit_metrics(values)
+    for cause, count in done.skipped.items():
+        emit_metrics({"PresenceRecordsSkipped": (count, "Count")}, {"cause": cause})

@@ -136,6 +136,13 @@ OPERATIONS: dict[str, Operation] = {
             "A user's CONNECTED connections (status=DISCONNECTED: the user's history).",
         ),
         Operation(
+            "get_user_presence",
+            s.GetUserPresence,
+            lambda svc, p, _: (200, svc.get_user_presence(p.userId).to_body()),
+            False,
+            "Whether a user is online: how many CONNECTED connections, and when they were last seen.",
+        ),
+        Operation(
             "get_all_connections",
             s.GetAllConnections,
             lambda svc, p, _: (200, svc.get_all_connections(p.limit, p.nextToken, connection_filter(p)).to_body()),

@@ -287,6 +287,13 @@ class DisconnectUser(Params):
         _check_key("userId", self.userId)
 
 
+class GetUserPresence(Params):
+    userId: KeyString
+
+    def __post_init__(self) -> None:
+        _check_key("userId", self.userId)
+
+
 class NoParams(Params):
     pass
 
@@ -425,6 +432,18 @@ class Stats(Response, rename="camel"):
     top_users: list[UserCount] = []
     snapshot_age_seconds: int | None = None
     snapshot_pass: SnapshotProgress | None = None
+
+
+class UserPresence(Response, rename="camel"):
+    """Whether a user is online now: ``connections`` counts their CONNECTED rows (read from
+    the user index, so the answer holds with presence events off); ``lastSeenAt`` is their
+    latest activity while online, else when the stream last saw one of their connections
+    open or close (null when it never did, or presence is off)."""
+
+    user_id: str
+    online: bool
+    connections: int
+    last_seen_at: Timestamp | None = None
 
 
 class SweepRecord(Struct, rename="camel"):

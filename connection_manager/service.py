@@ -13,6 +13,8 @@ in DynamoDB rather than in a read-modify-write window here.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from connection_manager.activity import ActivityMemory
 from connection_manager.clock import Clock, TimeLeft, utc_now
 from connection_manager.config import Settings
@@ -24,7 +26,10 @@ from connection_manager.lifecycle import (
     Registration,
     new_connection_row,
 )
+from connection_manager.dynamo import dynamo_errors
 from connection_manager.platform_stats import PlatformStats
+from connection_manager.presence import Consumed, Presence
+from connection_manager.presence_bus import EventBus
 from connection_manager.reads import (
     FILTER_READ_BUDGET,
     RESPONSE_BUDGET_BYTES,
@@ -43,7 +48,8 @@ from connection_manager.rows import (
 from connection_manager.signing_key import SigningKeys
 from connection_manager.sweep import Sweep, SweepResult
 from connection_manager.upkeep import Upkeep
-from models.connection import ConnectionModel, model_for
+from connection_manager.schemas import UserPresence
+from models.connection import ConnectionModel, format_timestamp, model_for
 
 __all__ = [
     "AdminDisconnect", "CHECKED", "CONNECTED", "CURRENT", "ConnectionFilter", "ConnectionService", "DISCONNECTED",
@@ -78,3 +84,19 @@ class ConnectionService(Reads, Lifecycle, Sweep, Upkeep):
         # Building it costs nothing: boto3 is imported on the first gateway call.
         self.gateway = gateway if gateway is not None else Gateway(settings)
         self.signing_keys = SigningKeys(settings)
+        bus = EventBus(settings.presence_event_bus, settings.region) if settings.presence_event_bus else None
+        self.presence = Presence(self.platform.records, settings.table_name, bus, clock)
+
+    def consume_stream(self, batch: list[Any]) -> Consumed:
+        """Presence from a batch of the table's stream records (nothing when presence is off)."""
+        return self.presence.consume(batch)
+
+    def get_user_presence(self, user_id: str) -> UserPresence:
+        """Online or not from the user's CONNECTED rows: as many items read as they have."""
+        with dynamo_errors("get_user_presence"):
+            ids = [row.connection_id for row in
+                   self.model.user_index.query(user_id, range_key_condition=ConnectionModel.status == CONNECTED)]
+            rows = [row for row in self.model.batch_get(ids) if row.status == CONNECTED] if ids else []
+            seen = max((row.last_active_at or row.created_at for row in rows), default=None)
+            last = format_timestamp(seen) if seen is not None else self.presence.last_seen(user_id)
+        return UserPresence(user_id=user_id, online=bool(rows), connections=len(rows), last_seen_at=last)

@@ -61,17 +61,36 @@ class Upkeep(RowAccess):
             "AttributeName"
         ) == self.model._ttl_attribute().attr_name
 
+    def enable_stream(self) -> str:
+        """Give the table the stream presence reads: ``enabled`` now, ``present`` already, or
+        ``differs: <view type>`` (left alone: changing it means disabling the stream first,
+        and a consumer would lose the records in between)."""
+        wanted = self.model.Meta.stream_view_type
+        with dynamo_errors("migrate"):
+            client = self.model._get_connection().connection.client
+            table = client.describe_table(TableName=self.settings.table_name)["Table"]
+            current = table.get("StreamSpecification") or {}
+            if current.get("StreamEnabled"):
+                view = current.get("StreamViewType")
+                return "present" if view == wanted else f"differs: {view}"
+            client.update_table(TableName=self.settings.table_name,
+                                StreamSpecification={"StreamEnabled": True, "StreamViewType": wanted})
+            log.info("stream %s enabled on %s", wanted, self.settings.table_name)
+            return "enabled"
+
     def migrate(self, sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
         """Bring a table created by an earlier version to this layout: add the indexes it
         lacks (UpdateTable), then :meth:`reindex` its CONNECTED rows into them."""
         from connection_manager.migration import add_missing_indexes
 
         report = add_missing_indexes(self.model, sleep=sleep)
+        stream = self.enable_stream()
         outcome = self.reindex()
         return {
             "createdIndexes": report.created,
             "presentIndexes": report.present,
             "differingIndexes": report.differs,
+            "stream": stream,
             "reindexed": outcome.applied,
             "skipped": outcome.skipped,
             "failed": outcome.failed,

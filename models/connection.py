@@ -209,6 +209,9 @@ class ConnectionModel(Model):
     class Meta:
         table_name = "connections"
         billing_mode = "PAY_PER_REQUEST"
+        #: The stream presence is made from (connection_manager.presence): create-table makes
+        #: it, migrate adds it to a table made without one.
+        stream_view_type = "NEW_AND_OLD_IMAGES"
         #: Partition values of ``LiveIndex``, bound from the capacity model with the table
         #: (:func:`configure`, :func:`model_for`). Part of the table's layout: listings and the
         #: sweep query shards ``0..n-1``, so it may grow but never shrink without a ``reindex``.

@@ -22,6 +22,8 @@ RESERVED_PREFIX = "#cm#"
 SNAPSHOT_KEY = RESERVED_PREFIX + "snapshot"
 #: The snapshot pass under way: its cursor per shard and its partial counts (compressed JSON).
 PASS_KEY = RESERVED_PREFIX + "snapshot#pass"
+#: A user's presence: the connection ids the stream has seen open (see connection_manager.presence).
+PRESENCE_PREFIX = RESERVED_PREFIX + "presence#"
 #: ``LiveIndex`` partition of the sweep history (connections use ``0..live_shards-1``).
 HISTORY_SHARD = -1
 
@@ -36,6 +38,10 @@ def history_key(epoch_seconds: int, unique: str) -> str:
     """One sweep's record; ``unique`` keeps two sweeps of the same second apart (the index
     orders them by ``activeBucket``, the epoch, so the key need not sort)."""
     return f"{RESERVED_PREFIX}sweep#{epoch_seconds:012d}#{unique}"
+
+
+def presence_key(user_id: str) -> str:
+    return PRESENCE_PREFIX + user_id
 
 
 def is_reserved(key: str) -> bool:
@@ -54,7 +60,7 @@ class HistoryIndex(GlobalSecondaryIndex["PlatformRecord"]):
 
 
 class PlatformRecord(Model):
-    """A counter (``live``), the snapshot or one sweep's result (``body``, JSON text).
+    """A counter (``live``), the snapshot, one sweep's result or a user's presence (``body``, JSON text).
 
     The snapshot item also holds the lease of the pass under way (``leaseOwner`` until
     ``leaseUntil``, epoch milliseconds) and its progress (``progress``, JSON text); the
@@ -75,6 +81,10 @@ class PlatformRecord(Model):
     lease_until = NumberAttribute(null=True, attr_name="leaseUntil")
     progress = UnicodeAttribute(null=True, attr_name="progress")
     state = BinaryAttribute(null=True, legacy_encoding=False, attr_name="state")
+    #: A presence item's writes are fenced by its version; ``pending`` holds the events its
+    #: last writes owe the bus (JSON text), cleared once they are published.
+    version = NumberAttribute(null=True, attr_name="version")
+    pending = UnicodeAttribute(null=True, attr_name="pending")
 
     history = HistoryIndex()
 

@@ -36,8 +36,8 @@ SAMPLES: dict[str, Kind] = {
     "aws/lambda_go_cloudwatch_logs": Kind.FOREIGN,
     "aws/powertools_cloudwatch_logs": Kind.FOREIGN,
     "aws/sam_cloudwatch_logs": Kind.FOREIGN,
-    "aws/lambda_go_dynamodb_stream": Kind.FOREIGN,
-    "aws/powertools_dynamodb_stream": Kind.FOREIGN,
+    "aws/lambda_go_dynamodb_stream": Kind.TABLE_STREAM,  # the handler refuses other tables
+    "aws/powertools_dynamodb_stream": Kind.TABLE_STREAM,
     "aws/lambda_go_kinesis": Kind.FOREIGN,
     "aws/powertools_kinesis": Kind.FOREIGN,
     "aws/lambda_go_s3": Kind.FOREIGN,

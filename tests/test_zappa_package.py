@@ -479,7 +479,14 @@ def test_settings__least_privilege_role(zappa_cli: Any) -> None:
         "dynamodb:DescribeTable", "dynamodb:Query",
         "logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "lambda:InvokeFunction",
         "execute-api:ManageConnections", "ssm:GetParameter",
+        "dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator", "dynamodb:ListStreams",
+        "events:PutEvents",
     }
+    # The stream presence reads: the table's own, nothing else (Lambda's mapping polls it as the role)
+    for action in ("dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator",
+                   "dynamodb:ListStreams"):
+        assert granted[action] == {f"arn:aws:dynamodb:*:*:table/{table}/stream/*"}, action
+    assert granted["events:PutEvents"] == {f"arn:aws:events:*:*:event-bus/connection-manager-{stage}"}
     # The signing key: the one parameter the stage names (AWS-managed key: no kms grant needed)
     parameter = zappa_cli.aws_environment_variables["PAGINATION_KEY_PARAMETER"]
     assert granted["ssm:GetParameter"] == {f"arn:aws:ssm:*:*:parameter{parameter}"}

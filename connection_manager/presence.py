@@ -1,0 +1,208 @@
+"""Presence: consume the table's stream, keep who is online, publish each change once.
+
+Every record that changes a connection (:mod:`connection_manager.presence_events`) is
+applied to its user's presence item (:func:`models.platform.presence_key`): the set of
+the user's open connection ids, the last sequence number applied per connection, and the
+events the change owes the bus. The item is written with a condition on its version, so
+two consumers applying records of the same user (two devices connecting at once, their
+records on two shards) are serialized by DynamoDB: the second sees the first's set, and
+only one of them finds the set empty and says ``User Online``.
+
+* **Exactly once.** A record whose sequence number is not above the one stored for its
+  connection was applied before (a Lambda retry, a record delivered twice, the stream
+  replayed from its start): it changes nothing and owes nothing new.
+* **Nothing lost.** A change and the events it owes are one write; the events are cleared
+  from the item only once ``PutEvents`` took them. A record whose events were not all
+  published is given back to Lambda (``batchItemFailures``); its retry finds the change
+  applied and publishes what is still owed, under the same ``eventId``.
+
+A sequence number is kept 25 hours after its connection closed (the stream keeps records
+24 hours), then pruned, so an item holds one entry per connection of the user's last day.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pynamodb.exceptions import PynamoDBException
+
+from connection_manager.clock import Clock
+from connection_manager.dynamo import is_condition_failure
+from connection_manager.presence_bus import Event, EventBus
+from connection_manager.presence_events import (
+    DETAIL_TYPES,
+    Change,
+    Unusable,
+    change_of,
+    connection_event,
+    event_id,
+    user_event,
+)
+from models.platform import PlatformRecord, presence_key
+
+log = logging.getLogger(__name__)
+
+#: How long a closed connection's sequence number is kept: longer than the stream keeps records.
+KEEP_SEQUENCE_MS = 25 * 3600 * 1000
+#: Tries of one write that lose to another consumer's write of the same user.
+CONTENTION_ATTEMPTS = 8
+
+
+@dataclass
+class Consumed:
+    """What one batch did; ``failed`` is the sequence number Lambda must retry from."""
+
+    changes: int = 0
+    duplicates: int = 0
+    published: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    failed: str | None = None
+    problem: str | None = None
+
+
+@dataclass
+class _Item:
+    user_id: str
+    members: set[str]
+    sequences: dict[str, list[int]]
+    last_seen_at: str | None
+    owed: list[Event]
+    version: int | None  # None: not stored yet
+
+
+class Presence:
+    """Presence of the users of one table; ``bus`` None means presence is off."""
+
+    def __init__(self, records: type[PlatformRecord], table: str, bus: EventBus | None, clock: Clock) -> None:
+        self.records = records
+        self.table = table
+        self.bus = bus
+        self.clock = clock
+
+    def consume(self, batch: list[Any]) -> Consumed:
+        """Apply a stream batch in order; stop at the first record that could not be settled."""
+        done = Consumed()
+        if self.bus is None:
+            done.skipped["presence_off"] += len(batch)
+            return done
+        now = self.clock()
+        for record in batch:
+            try:
+                change = change_of(record, self.table, now)
+            except Unusable as exc:
+                done.skipped[exc.cause] += 1
+                log.warning("presence skipped a stream record: %s", exc)
+                continue
+            if change is None:
+                continue
+            try:
+                self._settle(change, now, done)
+            except PynamoDBException as exc:
+                done.problem = f"presence of user {change.user_id[:100]}: {exc}"
+            if done.problem is not None:
+                done.failed = str(record["dynamodb"].get("SequenceNumber"))
+                log.warning("stream record %s not settled, Lambda retries from it: %s", done.failed, done.problem)
+                break
+        return done
+
+    def last_seen(self, user_id: str) -> str | None:
+        """When the stream last saw one of the user's connections open or close (None: never, or presence off)."""
+        try:
+            return self._read(user_id).last_seen_at
+        except PynamoDBException:
+            return None
+
+    # One change ------------------------------------------------------------------------
+
+    def _settle(self, change: Change, now: datetime, done: Consumed) -> None:
+        """Apply ``change``, then publish what it owes: only its own events (another consumer
+        publishes the events its records owe, or their retry does)."""
+        item = self._apply(change, now, done)
+        ours = {event_id(self.table, change, detail_type) for detail_type in DETAIL_TYPES}
+        owed = [event for event in item.owed if event[1]["eventId"] in ours]
+        if not owed:
+            return
+        assert self.bus is not None
+        failed, why = self.bus.publish(owed)
+        done.published += len(owed) - len(failed)
+        self._forget({detail["eventId"] for _, detail in owed} - failed, item)
+        if failed:
+            done.problem = why or f"{len(failed)} events not published"
+
+    def _apply(self, change: Change, now: datetime, done: Consumed) -> _Item:
+        """The item after ``change``: written once, or as it was when the change was already in."""
+        for _ in range(CONTENTION_ATTEMPTS):
+            item = self._read(change.user_id)
+            last = item.sequences.get(change.connection_id)
+            if last is not None and last[0] >= change.sequence:
+                done.duplicates += 1
+                return item  # still owing what an earlier try did not publish
+            was_online = bool(item.members)
+            (item.members.add if change.opened else item.members.discard)(change.connection_id)
+            owed = [connection_event(change, self.table)]
+            if was_online != bool(item.members):
+                owed.append(user_event(change, self.table))
+            epoch_ms = int(now.timestamp() * 1000)
+            item.sequences[change.connection_id] = [change.sequence, epoch_ms]
+            item.sequences = {
+                key: value for key, value in item.sequences.items()
+                if key in item.members or epoch_ms - value[1] < KEEP_SEQUENCE_MS
+            }
+            item.last_seen_at, item.owed = change.at, item.owed + owed
+            if self._write(item):
+                done.changes += 1
+                return item
+        raise _Contention(change.user_id)
+
+    def _forget(self, published: set[str], item: _Item) -> None:
+        """Clear published events from the item; fenced like every write, retried on contention."""
+        user_id = item.user_id
+        for _ in range(CONTENTION_ATTEMPTS):
+            item.owed = [event for event in item.owed if event[1]["eventId"] not in published]
+            if self._write(item):
+                return
+            item = self._read(user_id)
+            if not any(event[1]["eventId"] in published for event in item.owed):
+                return
+        # Left owed: the next record of this user, or a retry, publishes them again under the same ids.
+
+    # Storage ---------------------------------------------------------------------------
+
+    def _read(self, user_id: str) -> _Item:
+        try:
+            stored = self.records.get(presence_key(user_id), consistent_read=True)
+        except self.records.DoesNotExist:
+            return _Item(user_id, set(), {}, None, [], None)
+        body = json.loads(stored.body or "{}")
+        owed = [(str(kind), dict(detail)) for kind, detail in json.loads(stored.pending or "[]")]
+        return _Item(user_id, set(body.get("members", [])), dict(body.get("sequences", {})), body.get("lastSeenAt"),
+                     owed, int(stored.version) if stored.version is not None else 0)
+
+    def _write(self, item: _Item) -> bool:
+        """Store ``item`` unless someone wrote the user's presence since it was read."""
+        body = {"members": sorted(item.members), "sequences": item.sequences, "lastSeenAt": item.last_seen_at}
+        record = self.records(presence_key(item.user_id), body=json.dumps(body, separators=(",", ":")),
+                              pending=json.dumps(item.owed, separators=(",", ":")) if item.owed else None,
+                              version=(item.version or 0) + 1)
+        fence = (PlatformRecord.key.does_not_exist() if item.version is None
+                 else PlatformRecord.version == item.version)
+        try:
+            record.save(condition=fence)
+        except PynamoDBException as exc:
+            if is_condition_failure(exc):
+                return False
+            raise
+        item.version = (item.version or 0) + 1
+        return True
+
+
+class _Contention(PynamoDBException):
+    """Every try lost to another consumer's write of the same user: Lambda retries the record."""
+
+    def __init__(self, user_id: str) -> None:
+        super().__init__(f"{CONTENTION_ATTEMPTS} writes lost to concurrent writes of user {user_id[:100]}")
+
