@@ -1,0 +1,170 @@
+"""Presence end to end on real parts: DynamoDB Local's stream, read with DescribeStream,
+GetShardIterator and GetRecords and fed to ``lambda_handler`` in Lambda's event shape, and
+a loopback ``PutEvents`` that boto3 reaches through ``AWS_ENDPOINT_URL_EVENTBRIDGE``.
+
+DynamoDB Local's stream ARNs name its own region and account (``ddblocal``,
+``000000000000``): the consumer matches its table by name, as it must in AWS too.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime, timedelta
+from typing import Any, Iterator
+
+import boto3
+import pytest
+
+import connection_manager.wiring as wiring
+from connection_manager.clock import FixedClock
+from connection_manager.config import Settings
+from connection_manager.handler import lambda_handler
+from connection_manager.presence_events import CLOSED, OFFLINE, ONLINE, OPENED
+from connection_manager.service import ConnectionService
+from tests.support.capacity_meter import CapacityMeter
+from tests.support.engines import Engine
+from tests.support.fixtures import NOW
+from tests.support.putevents_standin import PutEventsStandIn
+
+pytestmark = [pytest.mark.integration, pytest.mark.dynamodb_local]
+
+TABLE = "connections"
+
+
+class StreamReader:
+    """Every record of the table's stream since the last read, in Lambda's shape."""
+
+    def __init__(self, url: str, table: str) -> None:
+        self.client = boto3.client("dynamodbstreams", endpoint_url=url, region_name="us-east-1")
+        dynamodb = boto3.client("dynamodb", endpoint_url=url, region_name="us-east-1")
+        self.arn = dynamodb.describe_table(TableName=table)["Table"]["LatestStreamArn"]
+        self.seen: dict[str, str] = {}  # shard -> last sequence number read
+
+    def read(self, replay: bool = False) -> list[dict[str, Any]]:
+        records: list[dict[str, Any]] = []
+        for shard in self.client.describe_stream(StreamArn=self.arn)["StreamDescription"]["Shards"]:
+            shard_id, after = shard["ShardId"], None if replay else self.seen.get(shard["ShardId"])
+            ask: dict[str, Any] = {"StreamArn": self.arn, "ShardId": shard_id}
+            ask.update({"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": after} if after
+                       else {"ShardIteratorType": "TRIM_HORIZON"})
+            iterator = self.client.get_shard_iterator(**ask)["ShardIterator"]
+            while iterator:
+                page = self.client.get_records(ShardIterator=iterator, Limit=1000)
+                for record in page["Records"]:
+                    records.append(self._lambda_shape(record))
+                    if not replay:
+                        self.seen[shard_id] = record["dynamodb"]["SequenceNumber"]
+                iterator = page.get("NextShardIterator") if page["Records"] else None
+        return records
+
+    def _lambda_shape(self, record: dict[str, Any]) -> dict[str, Any]:
+        data = dict(record["dynamodb"])
+        when = data.get("ApproximateCreationDateTime")
+        if isinstance(when, datetime):
+            data["ApproximateCreationDateTime"] = when.timestamp()
+        return {**{key: value for key, value in record.items() if key != "dynamodb"}, "dynamodb": data,
+                "eventSource": "aws:dynamodb", "eventSourceARN": self.arn}
+
+
+@pytest.fixture
+def bus(monkeypatch: pytest.MonkeyPatch) -> Iterator[PutEventsStandIn]:
+    with PutEventsStandIn() as standin:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_EVENTBRIDGE", standin.url)
+        yield standin
+
+
+@pytest.fixture
+def wired(engine: Engine, bus: PutEventsStandIn, monkeypatch: pytest.MonkeyPatch) -> ConnectionService:
+    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", engine.url)
+    settings = Settings(table_name=TABLE, region="us-east-1", sweep_concurrency=4, presence_event_bus="presence")
+    service = wiring.build_service(settings, FixedClock(NOW))
+    service.create_table()
+    service.presence.bus._sleep = lambda _: None  # backoff without waiting
+    monkeypatch.setattr(wiring, "_service", service)
+    return service
+
+
+def deliver(records: list[dict[str, Any]]) -> dict[str, Any]:
+    return lambda_handler({"Records": records})
+
+
+@pytest.mark.parametrize("engine", ["dynamodb-local"], indirect=True)
+def test_stream__devices_connect_and_a_sweep_closes_them__one_online_one_offline(engine, wired, bus):
+    stream = StreamReader(engine.url, TABLE)
+    for device in range(3):
+        wired.register_connection(f"d{device}", "u1")
+    assert deliver(stream.read()) == {"batchItemFailures": []}
+    assert Counter(kind for kind, _ in bus.kinds()) == {OPENED: 3, ONLINE: 1}
+
+    # When the sweep closes all three an hour and more later
+    wired.clock.now = NOW + timedelta(hours=2)
+    assert wired.cleanup_stale_connections().cleaned == 3
+    assert deliver(stream.read()) == {"batchItemFailures": []}
+
+    kinds = Counter(kind for kind, _ in bus.kinds())
+    assert kinds == {OPENED: 3, ONLINE: 1, CLOSED: 3, OFFLINE: 1}
+    offline = next(entry for entry in bus.entries if entry["DetailType"] == OFFLINE)
+    assert offline["Source"] == "connection-manager" and offline["detail"]["reason"] == "stale"
+    assert lambda_handler({"action": "get_user_presence", "userId": "u1"})["body"]["online"] is False
+
+
+@pytest.mark.parametrize("engine", ["dynamodb-local"], indirect=True)
+def test_stream__replayed_from_its_start__no_second_transition(engine, wired, bus):
+    stream = StreamReader(engine.url, TABLE)
+    wired.register_connection("a", "u1")
+    wired.register_connection("b", "u2")
+    wired.admin_disconnect_user("u1")
+    deliver(stream.read())
+    published = list(bus.entries)
+
+    everything = stream.read(replay=True)
+    assert deliver(everything) == {"batchItemFailures": []}
+    assert deliver(everything[1:]) == {"batchItemFailures": []}
+
+    assert bus.entries == published
+    assert Counter(kind for kind, _ in bus.kinds()) == {OPENED: 2, ONLINE: 2, CLOSED: 1, OFFLINE: 1}
+
+
+@pytest.mark.parametrize("engine", ["dynamodb-local"], indirect=True)
+def test_stream__put_events_partly_failing__record_retried__each_event_once(engine, wired, bus):
+    stream = StreamReader(engine.url, TABLE)
+    wired.register_connection("a", "u1")
+    wired.register_connection("b", "u2")
+    records = [record for record in stream.read() if record["dynamodb"]["Keys"]["connectionId"]["S"] in ("a", "b")]
+    assert len(records) == 2
+
+    bus.fail_entries(2 * 4)  # both events of the first record, on every attempt
+    answer = deliver(records)
+    failed = answer["batchItemFailures"]
+    assert failed == [{"itemIdentifier": records[0]["dynamodb"]["SequenceNumber"]}]
+    assert bus.entries == []
+
+    # Lambda retries from the failed record
+    assert deliver(records) == {"batchItemFailures": []}
+    assert sorted(bus.kinds()) == [(OPENED, "a"), (OPENED, "b"), (ONLINE, "a"), (ONLINE, "b")]
+    assert len({entry["detail"]["eventId"] for entry in bus.entries}) == 4
+
+
+@pytest.mark.parametrize("engine", ["dynamodb-local"], indirect=True)
+def test_stream__what_presence_costs__write_and_read_units(engine, wired, bus, capsys):
+    """Presence's writes per connect and per disconnect, in DynamoDB Local's own units."""
+    stream = StreamReader(engine.url, TABLE)
+    wired.register_connection("a", "u1")
+    wired.register_connection("b", "u1")
+    wired.admin_disconnect_user("u1")
+    records = stream.read()
+    client = wired.platform.records._get_connection().connection.client
+    meter = CapacityMeter(client)
+    reads: Counter[str] = Counter()
+    client.meta.events.register("provide-client-params.dynamodb.GetItem",
+                                lambda params, **_: params.update(ReturnConsumedCapacity="TOTAL"))
+    client.meta.events.register("after-call.dynamodb.GetItem", lambda parsed, **_: reads.update(
+        {"read units": (parsed.get("ConsumedCapacity") or {}).get("CapacityUnits", 0.0)}))
+
+    units = meter.during(lambda: deliver(records))
+
+    changes = 4  # two connects, two disconnects
+    print(f"\npresence per change: {units['table'] / changes:.2f} write units, "
+          f"{reads['read units'] / changes:.2f} read units; {len(records)} stream records read")
+    assert units["table"] == pytest.approx(2.0 * changes)  # the change, then clearing what it owed
+    assert reads["read units"] == pytest.approx(1.0 * changes)  # one consistent read of a small item
+    assert set(units) == {"table"}  # presence items reach no index
