@@ -364,6 +364,14 @@ def test_dashboard__a_users_history_lists_their_disconnected_rows(page: Any, ser
     assert set(statuses) == {"DISCONNECTED"}
     assert page.get_by_test_id("ip-filter").is_disabled()
     assert page.get_by_test_id("export-csv").get_attribute("aria-disabled") == "true"
+    # And whether the user is online, as GET /users/{userId}/presence says, next to their rows
+    presence = get_json(server_url + f"users/{urllib.parse.quote(user, safe='')}/presence")
+    badge = page.get_by_test_id("user-presence")
+    expected_text = "online" if presence["online"] else "offline"
+    page.wait_for_function("want => document.querySelector('[data-testid=user-presence]').textContent.startsWith(want)",
+                           arg=expected_text)
+    if presence["online"]:
+        assert f"{presence['connections']} connection" in badge.inner_text()
 
 
 def test_dashboard__clicking_a_chart_filters_the_list(page: Any, server_url: str) -> None:

@@ -676,6 +676,23 @@
   }
 
   /** What the list shows, in words, with the actions that fit it. */
+  /** Whether the user in scope is online, from GET /users/{userId}/presence (filled in when it answers). */
+  function presenceBadge(userId) {
+    const badge = h("span", { class: "badge", "data-testid": "user-presence", text: "presence…" });
+    api("GET", `/users/${encodeURIComponent(userId)}/presence`)
+      .then((p) => {
+        const seen = p.lastSeenAt ? ` · last seen ${timeFormat.format(new Date(p.lastSeenAt))}` : "";
+        badge.textContent = p.online
+          ? `online · ${p.connections} connection${p.connections === 1 ? "" : "s"}${seen}`
+          : `offline${seen}`;
+        badge.classList.add(p.online ? "badge-ok" : "badge-off");
+      })
+      .catch(() => {
+        badge.textContent = "presence unknown";
+      });
+    return badge;
+  }
+
   function renderScope() {
     const view = state.view;
     const nodes = [];
@@ -720,6 +737,8 @@
         h("button", { type: "button", class: "btn btn-sm", "data-testid": "clear-filter", text: "Back to list", onclick: showAll }),
       );
     }
+    const user = view.kind === "list" ? view.filters.userId : view.kind === "history" ? view.userId : null;
+    if (user) nodes.splice(1, 0, presenceBadge(user));
     els.scope.replaceChildren(...nodes);
     renderExportLink();
   }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -19,6 +20,8 @@ class PutEventsStandIn:
         self.known_buses = known_buses
         self.entries: list[dict[str, Any]] = []
         self.requests = 0
+        #: Latency added to every call, as EventBridge's own round trip.
+        self.delay_ms = 0.0
         self._fail = 0
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -46,6 +49,8 @@ class PutEventsStandIn:
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                if standin.delay_ms:
+                    time.sleep(standin.delay_ms / 1000)
                 status, answer = standin._answer(self.headers.get("X-Amz-Target", ""), body)
                 data = json.dumps(answer).encode()
                 self.send_response(status)
