@@ -109,27 +109,6 @@ def test_first_connection_online__last_one_offline__one_event_each(presence, bus
     assert len({entry["detail"]["eventId"] for entry in bus.entries}) == 6
 
 
-def test_two_devices_racing__one_user_online(service, bus, clock):
-    # Given two consumers (two shards' invocations) applying the two devices' records at once
-    consumers = [Presence(service.platform.records, TABLE, EventBus("presence", client=bus, sleep=lambda _: None),
-                          clock) for _ in range(2)]
-    start = threading.Barrier(2)
-
-    def apply(index: int) -> None:
-        start.wait()
-        consumers[index].consume([opened(10 + index, f"device-{index}")])
-
-    threads = [threading.Thread(target=apply, args=(index,)) for index in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-
-    # Then both connections opened, and the user came online once
-    kinds = Counter(kind for kind, _ in bus.kinds())
-    assert kinds == {OPENED: 2, ONLINE: 1}
-
-
 def test_sweep_closing_ten_rows__one_user_offline(presence, bus):
     presence.consume([opened(n, f"c{n}") for n in range(1, 11)])
     bus.entries.clear()
@@ -289,3 +268,86 @@ def test_every_event_published__valid_against_the_shipped_schema(presence, bus):
     broken = {"source": "connection-manager", "detail-type": "User Offline", "detail": {"userId": "u1"}}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(broken, schema)
+
+
+def test_migrate__table_without_a_stream__gets_one__then_it_is_present(service, dynamodb):
+    import boto3
+
+    from tests.test_lifetime import _old_layout_table
+
+    client = _old_layout_table()  # made without a stream, as tables before presence were
+    assert not client.describe_table(TableName=TABLE)["Table"].get("StreamSpecification")
+
+    first, second = service.migrate(sleep=lambda _: None), service.migrate(sleep=lambda _: None)
+
+    assert (first["stream"], second["stream"]) == ("enabled", "present")
+    spec = boto3.client("dynamodb", region_name="us-east-1").describe_table(TableName=TABLE)["Table"]["StreamSpecification"]
+    assert spec == {"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"}
+
+
+def test_create_table__has_the_stream(service, dynamodb):
+    spec = dynamodb.describe_table(TableName=TABLE)["Table"]["StreamSpecification"]
+    assert spec == {"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"}
+
+
+class FakeLambda:
+    def __init__(self, mappings: list[dict[str, Any]]) -> None:
+        self.mappings, self.calls = mappings, []
+
+    def list_event_source_mappings(self, FunctionName: str) -> dict[str, Any]:  # noqa: N803
+        return {"EventSourceMappings": self.mappings}
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda **kwargs: self.calls.append((name, kwargs))
+
+
+class FakeDynamo:
+    def __init__(self, stream: str | None) -> None:
+        self.stream = stream
+
+    def describe_table(self, TableName: str) -> dict[str, Any]:  # noqa: N803
+        return {"Table": {"LatestStreamArn": self.stream} if self.stream else {}}
+
+
+def test_stream_source__presence_on__mapping_created_with_what_lambda_needs():
+    from connection_manager.stream_source import wire_stream
+
+    lam = FakeLambda([])
+    said = wire_stream(FakeDynamo(ARN), lam, {"CONNECTIONS_TABLE_NAME": TABLE, "PRESENCE_EVENT_BUS": "b"}, "fn")
+
+    assert "wired" in said
+    [(name, call)] = lam.calls
+    assert name == "create_event_source_mapping" and call["EventSourceArn"] == ARN and call["FunctionName"] == "fn"
+    assert call["StartingPosition"] == "TRIM_HORIZON" and call["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+
+
+def test_stream_source__presence_off__own_mapping_removed_others_kept():
+    from connection_manager.stream_source import wire_stream
+
+    lam = FakeLambda([{"UUID": "ours", "EventSourceArn": ARN},
+                      {"UUID": "theirs", "EventSourceArn": ARN.replace(TABLE, "orders")}])
+    wire_stream(FakeDynamo(ARN), lam, {"CONNECTIONS_TABLE_NAME": TABLE}, "fn")
+
+    assert lam.calls == [("delete_event_source_mapping", {"UUID": "ours"})]
+
+
+def test_stream_source__table_without_stream__says_to_migrate():
+    from connection_manager.stream_source import wire_stream
+
+    lam = FakeLambda([])
+    said = wire_stream(FakeDynamo(None), lam, {"CONNECTIONS_TABLE_NAME": TABLE, "PRESENCE_EVENT_BUS": "b"}, "fn")
+
+    assert "migrate" in said and lam.calls == []
+
+
+def test_zappa_settings__post_callback_wires_the_stream():
+    import importlib
+    import json
+    from pathlib import Path
+
+    settings = json.loads((Path(__file__).resolve().parent.parent / "zappa_settings.json").read_text())
+    module, _, name = settings["dev"]["callbacks"]["post"].rpartition(".")
+    from connection_manager.stream_source import wire
+
+    assert getattr(importlib.import_module(module), name) is wire
+    assert settings["production"]["extends"] == "dev"

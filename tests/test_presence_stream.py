@@ -7,6 +7,7 @@ DynamoDB Local's stream ARNs name its own region and account (``ddblocal``,
 """
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any, Iterator
@@ -168,3 +169,35 @@ def test_stream__what_presence_costs__write_and_read_units(engine, wired, bus, c
     assert units["table"] == pytest.approx(2.0 * changes)  # the change, then clearing what it owed
     assert reads["read units"] == pytest.approx(1.0 * changes)  # one consistent read of a small item
     assert set(units) == {"table"}  # presence items reach no index
+
+
+@pytest.mark.parametrize("engine", ["dynamodb-local"], indirect=True)
+def test_stream__two_devices_racing__one_user_online(engine, wired, bus):
+    # Given two devices of one user connecting, their records consumed at once by two consumers
+    # (two shards' invocations), racing on the user's presence item
+    from connection_manager.presence import Presence
+    from connection_manager.presence_bus import EventBus
+
+    stream = StreamReader(engine.url, TABLE)
+    for device in ("phone", "laptop"):
+        wired.register_connection(device, "u1")
+    records = [record for record in stream.read() if record["dynamodb"]["Keys"]["connectionId"]["S"] in
+               ("phone", "laptop")]
+    consumers = [Presence(wired.platform.records, TABLE, EventBus("presence", "us-east-1"), wired.clock)
+                 for _ in records]
+    start = threading.Barrier(len(records))
+    answers: list[Any] = [None] * len(records)
+
+    def consume(index: int) -> None:
+        start.wait()
+        answers[index] = consumers[index].consume([records[index]])
+
+    threads = [threading.Thread(target=consume, args=(index,)) for index in range(len(records))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    # Then both connections opened and the user came online once
+    assert all(answer.failed is None for answer in answers)
+    assert Counter(kind for kind, _ in bus.kinds()) == {OPENED: 2, ONLINE: 1}
