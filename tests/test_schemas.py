@@ -27,6 +27,7 @@ def test_every_action_of_the_contract_has_an_operation():
         "heartbeat",
         "get_connection",
         "disconnect_user",
+        "get_user_presence",
     }
     mutating = {name for name, operation in OPERATIONS.items() if operation.mutates}
     assert mutating == {
