@@ -2,8 +2,9 @@
 
 HTTP requests for the Flask admin app and Zappa's management commands go on to Zappa's
 own handler, imported only then, so a raw or scheduled invocation never pays for Flask.
-Other services' events (S3, SQS, SNS, streams, CloudWatch Logs...) are refused with a
-400 that names the sender, logged and counted. Which door an event takes is decided once,
+The table's own DynamoDB stream feeds presence (Lambda's partial batch response comes
+back); other services' events (S3, SQS, SNS, other tables' streams, CloudWatch Logs...) are
+refused with a 400 that names the sender, logged and counted. Which door an event takes is decided once,
 by :func:`connection_manager.event_sources.classify`; ``_DOORS`` maps each kind to the one
 function that answers it.
 """
