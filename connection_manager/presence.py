@@ -84,12 +84,15 @@ class Presence:
         self.clock = clock
 
     def consume(self, batch: list[Any]) -> Consumed:
-        """Apply a stream batch in order; stop at the first record that could not be settled."""
+        """Apply a stream batch in order, then publish what its changes owe in ``PutEvents`` of
+        ten; the answer's ``failed`` is the first record not settled (Lambda retries from it)."""
         done = Consumed()
         if self.bus is None:
             done.skipped["presence_off"] += len(batch)
             return done
         now = self.clock()
+        applied: list[tuple[str, _Item, list[Event]]] = []  # sequence number, item after, events owed
+        stopped: tuple[str, str] | None = None
         for record in batch:
             try:
                 change = change_of(record, self.table, now)
@@ -100,14 +103,41 @@ class Presence:
             if change is None:
                 continue
             try:
-                self._settle(change, now, done)
+                item = self._apply(change, now, done)
             except PynamoDBException as exc:
-                done.problem = f"presence of user {change.user_id[:100]}: {exc}"
-            if done.problem is not None:
-                done.failed = str(record["dynamodb"].get("SequenceNumber"))
-                log.warning("stream record %s not settled, Lambda retries from it: %s", done.failed, done.problem)
+                stopped = (str(record["dynamodb"].get("SequenceNumber")), f"presence of user {change.user_id[:100]}: {exc}")
                 break
+            ours = {event_id(self.table, change, detail_type) for detail_type in DETAIL_TYPES}
+            owed = [event for event in item.owed if event[1]["eventId"] in ours]
+            if owed:
+                applied.append((str(record["dynamodb"].get("SequenceNumber")), item, owed))
+        self._publish(applied, done)
+        if done.failed is None and stopped is not None:
+            done.failed, done.problem = stopped
+        if done.failed is not None:
+            log.warning("stream record %s not settled, Lambda retries from it: %s", done.failed, done.problem)
         return done
+
+    def _publish(self, applied: list[tuple[str, _Item, list[Event]]], done: Consumed) -> None:
+        """Publish the batch's own events (another consumer publishes what its records owe, or
+        their retry does), then clear them from each user's item once, from its latest state."""
+        events = [event for _, _, owed in applied for event in owed]
+        if not events:
+            return
+        assert self.bus is not None
+        failed, why = self.bus.publish(events)
+        done.published += len(events) - len(failed)
+        latest: dict[str, _Item] = {}
+        published: dict[str, set[str]] = {}
+        for sequence, item, owed in applied:
+            ids = {detail["eventId"] for _, detail in owed}
+            latest[item.user_id] = item
+            published.setdefault(item.user_id, set()).update(ids - failed)
+            if ids & failed and done.failed is None:
+                done.failed, done.problem = sequence, why or f"{len(ids & failed)} events not published"
+        for user_id, ids in published.items():
+            if ids:
+                self._forget(ids, latest[user_id])
 
     def last_seen(self, user_id: str) -> str | None:
         """When the stream last saw one of the user's connections open or close (None: never, or presence off)."""
@@ -117,21 +147,6 @@ class Presence:
             return None
 
     # One change ------------------------------------------------------------------------
-
-    def _settle(self, change: Change, now: datetime, done: Consumed) -> None:
-        """Apply ``change``, then publish what it owes: only its own events (another consumer
-        publishes the events its records owe, or their retry does)."""
-        item = self._apply(change, now, done)
-        ours = {event_id(self.table, change, detail_type) for detail_type in DETAIL_TYPES}
-        owed = [event for event in item.owed if event[1]["eventId"] in ours]
-        if not owed:
-            return
-        assert self.bus is not None
-        failed, why = self.bus.publish(owed)
-        done.published += len(owed) - len(failed)
-        self._forget({detail["eventId"] for _, detail in owed} - failed, item)
-        if failed:
-            done.problem = why or f"{len(failed)} events not published"
 
     def _apply(self, change: Change, now: datetime, done: Consumed) -> _Item:
         """The item after ``change``: written once, or as it was when the change was already in."""

@@ -28,6 +28,8 @@ class FakeEvents:
         self.entries: list[dict[str, Any]] = []
         self.calls = 0
         self.fail_next = 0
+        #: Entries about these connections always fail.
+        self.fail_for: set[str] = set()
         self.raise_code: str | None = None
         self.lock = threading.Lock()
 
@@ -42,8 +44,8 @@ class FakeEvents:
                 raise botocore.exceptions.ClientError({"Error": {"Code": self.raise_code, "Message": "no"}}, "PutEvents")
             results = []
             for entry in Entries:
-                if self.fail_next:
-                    self.fail_next -= 1
+                if self.fail_next or json.loads(entry["Detail"]).get("connectionId") in self.fail_for:
+                    self.fail_next = max(0, self.fail_next - 1)
                     results.append({"ErrorCode": "ThrottlingException", "ErrorMessage": "slow down"})
                 else:
                     self.entries.append({**entry, "detail": json.loads(entry["Detail"])})
@@ -132,23 +134,35 @@ def test_redelivered_batch_and_replay__no_second_transition(presence, bus):
 
 
 def test_partial_put_events_failure__record_given_back__retry_publishes_the_rest_once(presence, bus):
-    # Given PutEvents failing the first record's entries every time it is asked
-    bus.fail_next = 2 * 4  # Connection Opened + User Online, for every attempt
+    # Given PutEvents failing every entry of the batch on every attempt
+    bus.fail_next = 3 * 4  # a: Connection Opened + User Online, b: Connection Opened; four attempts
     first = presence.consume([opened(1, "a"), opened(2, "b")])
 
-    # Then the batch stops at that record and Lambda is told to retry from it
+    # Then Lambda is told to retry from the first record whose events are not out
     assert first.failed == "1" and "ThrottlingException" in first.problem
     assert bus.entries == []
 
     # When Lambda retries from it, PutEvents answering again
     second = presence.consume([opened(1, "a"), opened(2, "b")])
 
-    # Then each event went out once, with the ids the first try had made
-    assert second.failed is None and second.duplicates == 1 and second.changes == 1
-    assert bus.kinds() == [(OPENED, "a"), (ONLINE, "a"), (OPENED, "b")]
+    # Then each event went out once, with the ids the first try had made, and no change twice
+    assert second.failed is None and second.duplicates == 2 and second.changes == 0
+    assert sorted(bus.kinds()) == [(OPENED, "a"), (OPENED, "b"), (ONLINE, "a")]
+    assert len({entry["detail"]["eventId"] for entry in bus.entries}) == 3
     third = presence.consume([opened(1, "a"), opened(2, "b")])
     assert third.published == 0 and len(bus.entries) == 3
 
+
+def test_first_record_published_second_not__retry_from_the_second__its_events_once(presence, bus):
+    first = presence.consume([opened(1, "a", user="u1")])
+    bus.fail_for = {"b"}  # the second record's events fail on every attempt
+    second = presence.consume([closed(2, "a", user="u1"), opened(3, "b", user="u2")])
+
+    assert first.failed is None and second.failed == "3"
+    assert Counter(kind for kind, _ in bus.kinds()) == {OPENED: 1, ONLINE: 1, CLOSED: 1, OFFLINE: 1}
+    bus.fail_for = set()
+    third = presence.consume([opened(3, "b", user="u2")])  # Lambda's retry from it
+    assert third.duplicates == 1 and Counter(kind for kind, _ in bus.kinds())[ONLINE] == 2
 
 def test_throttled_entries_retried_within_the_call(presence, bus):
     bus.fail_next = 1
@@ -220,7 +234,7 @@ def test_presence_off__nothing_published_nothing_written(service, bus, clock):
 
 def test_handler__own_table_stream_consumed__partial_batch_response(handler_service, bus, monkeypatch):
     handler_service.presence.bus = EventBus("presence", client=bus, sleep=lambda _: None)
-    bus.fail_next = 8
+    bus.fail_next = 3 * 4
 
     answer = lambda_handler({"Records": [opened(1, "a"), opened(2, "b")]})
 
