@@ -140,11 +140,9 @@ class Presence:
                 self._forget(ids, latest[user_id])
 
     def last_seen(self, user_id: str) -> str | None:
-        """When the stream last saw one of the user's connections open or close (None: never, or presence off)."""
-        try:
-            return self._read(user_id).last_seen_at
-        except PynamoDBException:
-            return None
+        """When the stream last saw one of the user's connections open or close (None: never, or
+        presence off). A failed read is raised: the caller maps it as it maps every read's."""
+        return self._read(user_id).last_seen_at
 
     # One change ------------------------------------------------------------------------
 

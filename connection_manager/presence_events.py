@@ -93,19 +93,18 @@ def change_of(record: Any, table: str, now: datetime) -> Change | None:
 
 def connection_event(change: Change, table: str) -> tuple[str, dict[str, Any]]:
     """``Connection Opened`` or ``Connection Closed`` for ``change``."""
-    detail_type = OPENED if change.opened else CLOSED
-    detail = {"eventId": event_id(table, change, detail_type), "connectionId": change.connection_id,
-              "userId": change.user_id, "at": change.at}
-    if not change.opened:
-        detail["reason"] = change.reason
-    return detail_type, detail
+    return _event(OPENED if change.opened else CLOSED, change, table)
 
 
 def user_event(change: Change, table: str) -> tuple[str, dict[str, Any]]:
     """``User Online`` (this change opened the user's first connection) or ``User Offline`` (it closed the last)."""
-    detail_type = ONLINE if change.opened else OFFLINE
-    detail = {"eventId": event_id(table, change, detail_type), "userId": change.user_id,
-              "connectionId": change.connection_id, "at": change.at}
+    return _event(ONLINE if change.opened else OFFLINE, change, table)
+
+
+def _event(detail_type: str, change: Change, table: str) -> tuple[str, dict[str, Any]]:
+    """Every detail names the connection and the user; a close says why."""
+    detail = {"eventId": event_id(table, change, detail_type), "connectionId": change.connection_id,
+              "userId": change.user_id, "at": change.at}
     if not change.opened:
         detail["reason"] = change.reason
     return detail_type, detail

@@ -217,7 +217,7 @@ def test_row_deleted_while_connected__closed_as_gone(presence, bus):
     assert bus.entries[-1]["DetailType"] == OFFLINE and bus.entries[-1]["detail"]["reason"] == "gone"
 
 
-def test_change_of__event_time_from_the_row(clock):
+def test_change_of__event_time_from_the_row():
     change = change_of(closed(7, "a", reason="admin"), TABLE, NOW)
 
     assert change is not None and change.at == "2026-12-06T11:07:00Z" and change.reason == "admin"
