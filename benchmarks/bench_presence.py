@@ -37,7 +37,7 @@ def main() -> int:
     from tests.support.capacity_meter import CapacityMeter
     from tests.support.dynamodb_local import DynamoDBLocal
     from tests.support.putevents_standin import PutEventsStandIn
-    from tests.test_presence_stream import StreamReader
+    from tests.support.stream_reader import StreamReader
 
     with DynamoDBLocal() as server, PutEventsStandIn() as bus:
         bus.delay_ms = args.bus_ms

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, Iterator
 
-import boto3
 import pytest
 
 import connection_manager.wiring as wiring
@@ -21,49 +20,16 @@ from connection_manager.config import Settings
 from connection_manager.handler import lambda_handler
 from connection_manager.presence_events import CLOSED, OFFLINE, ONLINE, OPENED
 from connection_manager.service import ConnectionService
+from models.connection import DisconnectReason
 from tests.support.capacity_meter import CapacityMeter
 from tests.support.engines import Engine
 from tests.support.fixtures import NOW
 from tests.support.putevents_standin import PutEventsStandIn
+from tests.support.stream_reader import StreamReader
 
 pytestmark = [pytest.mark.integration, pytest.mark.dynamodb_local]
 
 TABLE = "connections"
-
-
-class StreamReader:
-    """Every record of the table's stream since the last read, in Lambda's shape."""
-
-    def __init__(self, url: str, table: str) -> None:
-        self.client = boto3.client("dynamodbstreams", endpoint_url=url, region_name="us-east-1")
-        dynamodb = boto3.client("dynamodb", endpoint_url=url, region_name="us-east-1")
-        self.arn = dynamodb.describe_table(TableName=table)["Table"]["LatestStreamArn"]
-        self.seen: dict[str, str] = {}  # shard -> last sequence number read
-
-    def read(self, replay: bool = False) -> list[dict[str, Any]]:
-        records: list[dict[str, Any]] = []
-        for shard in self.client.describe_stream(StreamArn=self.arn)["StreamDescription"]["Shards"]:
-            shard_id, after = shard["ShardId"], None if replay else self.seen.get(shard["ShardId"])
-            ask: dict[str, Any] = {"StreamArn": self.arn, "ShardId": shard_id}
-            ask.update({"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": after} if after
-                       else {"ShardIteratorType": "TRIM_HORIZON"})
-            iterator = self.client.get_shard_iterator(**ask)["ShardIterator"]
-            while iterator:
-                page = self.client.get_records(ShardIterator=iterator, Limit=1000)
-                for record in page["Records"]:
-                    records.append(self._lambda_shape(record))
-                    if not replay:
-                        self.seen[shard_id] = record["dynamodb"]["SequenceNumber"]
-                iterator = page.get("NextShardIterator") if page["Records"] else None
-        return records
-
-    def _lambda_shape(self, record: dict[str, Any]) -> dict[str, Any]:
-        data = dict(record["dynamodb"])
-        when = data.get("ApproximateCreationDateTime")
-        if isinstance(when, datetime):
-            data["ApproximateCreationDateTime"] = when.timestamp()
-        return {**{key: value for key, value in record.items() if key != "dynamodb"}, "dynamodb": data,
-                "eventSource": "aws:dynamodb", "eventSourceARN": self.arn}
 
 
 @pytest.fixture
@@ -91,18 +57,18 @@ def deliver(records: list[dict[str, Any]]) -> dict[str, Any]:
 @pytest.mark.parametrize("engine", ["dynamodb-local"], indirect=True)
 def test_stream__devices_connect_and_a_sweep_closes_them__one_online_one_offline(engine, wired, bus):
     stream = StreamReader(engine.url, TABLE)
-    for device in range(3):
+    for device in range(10):
         wired.register_connection(f"d{device}", "u1")
     assert deliver(stream.read()) == {"batchItemFailures": []}
-    assert Counter(kind for kind, _ in bus.kinds()) == {OPENED: 3, ONLINE: 1}
+    assert Counter(kind for kind, _ in bus.kinds()) == {OPENED: 10, ONLINE: 1}
 
-    # When the sweep closes all three an hour and more later
+    # When the sweep closes all ten an hour and more later
     wired.clock.now = NOW + timedelta(hours=2)
-    assert wired.cleanup_stale_connections().cleaned == 3
+    assert wired.cleanup_stale_connections().cleaned == 10
     assert deliver(stream.read()) == {"batchItemFailures": []}
 
     kinds = Counter(kind for kind, _ in bus.kinds())
-    assert kinds == {OPENED: 3, ONLINE: 1, CLOSED: 3, OFFLINE: 1}
+    assert kinds == {OPENED: 10, ONLINE: 1, CLOSED: 10, OFFLINE: 1}
     offline = next(entry for entry in bus.entries if entry["DetailType"] == OFFLINE)
     assert offline["Source"] == "connection-manager" and offline["detail"]["reason"] == "stale"
     assert lambda_handler({"action": "get_user_presence", "userId": "u1"})["body"]["online"] is False
@@ -202,3 +168,32 @@ def test_stream__two_devices_racing__one_user_online(engine, wired, bus):
     # Then both connections opened and the user came online once
     assert all(answer.failed is None for answer in answers)
     assert Counter(kind for kind, _ in bus.kinds()) == {OPENED: 2, ONLINE: 1}
+
+
+def of(records: list[dict[str, Any]], connection_id: str) -> list[dict[str, Any]]:
+    """The records of one connection, in their shard's order."""
+    return [record for record in records if record["dynamodb"]["Keys"]["connectionId"]["S"] == connection_id]
+
+
+@pytest.mark.parametrize("engine", ["dynamodb-local"], indirect=True)
+def test_stream__shards_interleaved__each_user_one_online_one_offline_in_order(engine, wired, bus):
+    # Given two users with two devices each, every device opened, then every device closed
+    stream = StreamReader(engine.url, TABLE)
+    for connection_id, user_id in (("phone", "u1"), ("laptop", "u1"), ("tv", "u2"), ("watch", "u2")):
+        wired.register_connection(connection_id, user_id)
+    for connection_id in ("phone", "laptop", "tv", "watch"):
+        wired.disconnect(connection_id, DisconnectReason.CLIENT)
+    records = stream.read()
+
+    # When each connection's records come from its own shard, and the shards' invocations
+    # interleave: per connection in order, across connections not
+    phone, laptop, tv, watch = (of(records, name) for name in ("phone", "laptop", "tv", "watch"))
+    for invocation in ([laptop[0], watch[0]], [phone[0], tv[0]], phone[1:] + watch[1:], laptop[1:] + tv[1:]):
+        assert deliver(invocation) == {"batchItemFailures": []}
+
+    # Then each user came online once and went offline once, the offline last
+    for user_id, last in (("u1", "laptop"), ("u2", "tv")):
+        mine = [(entry["DetailType"], entry["detail"]["connectionId"]) for entry in bus.entries
+                if entry["detail"]["userId"] == user_id]
+        assert Counter(kind for kind, _ in mine) == {OPENED: 2, ONLINE: 1, CLOSED: 2, OFFLINE: 1}
+        assert mine[-1] == (OFFLINE, last)
