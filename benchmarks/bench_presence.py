@@ -6,9 +6,12 @@ stream), reads the stream as Lambda would, and feeds it to ``lambda_handler`` in
 latency per call. Prints, side by side in one run: the consumer's events per second and
 records per second, and the write and read units presence spent per change (the baseline
 is the connect itself: the units the row's own writes cost). Then disconnects everyone and
-does the same for the closes.
+does the same for the closes. ``--reconnects N`` first opens and closes N connections of
+every user, as a client that reconnects all day does, so the cost per change shows whether
+it grows with a user's history.
 
     .venv/bin/python benchmarks/bench_presence.py --users 200 --devices 2
+    .venv/bin/python benchmarks/bench_presence.py --users 50 --devices 2 --reconnects 200
 """
 from __future__ import annotations
 
@@ -28,13 +31,16 @@ def main() -> int:
     parser.add_argument("--devices", type=int, default=2)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--bus-ms", type=float, default=20.0)
+    parser.add_argument("--reconnects", type=int, default=0,
+                        help="connections each user opened and closed earlier the same day")
     args = parser.parse_args()
     os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
 
     import connection_manager.wiring as wiring
     from connection_manager.config import Settings
     from connection_manager.handler import lambda_handler
-    from tests.support.capacity_meter import CapacityMeter
+    from models.connection import DisconnectReason
+    from tests.support.capacity_meter import CapacityMeter, ReadMeter
     from tests.support.dynamodb_local import DynamoDBLocal
     from tests.support.putevents_standin import PutEventsStandIn
     from tests.support.stream_reader import StreamReader
@@ -49,14 +55,19 @@ def main() -> int:
         stream = StreamReader(server.url, "bench")
         rows = CapacityMeter(service.model._get_connection().connection.client)
         presence = CapacityMeter(service.platform.records._get_connection().connection.client)
-        reads: Counter[str] = Counter()
-        client = service.platform.records._get_connection().connection.client
-        client.meta.events.register("provide-client-params.dynamodb.GetItem",
-                                    lambda params, **_: params.update(ReturnConsumedCapacity="TOTAL"))
-        client.meta.events.register("after-call.dynamodb.GetItem", lambda parsed, **_: reads.update(
-            {"units": (parsed.get("ConsumedCapacity") or {}).get("CapacityUnits", 0.0)}))
+        reads = ReadMeter(service.platform.records._get_connection().connection.client)
+        for attempt in range(args.reconnects):  # the day's earlier connections of every user
+            for user in range(args.users):
+                service.register_connection(f"u{user}-r{attempt}", f"u{user}")
+                service.disconnect(f"u{user}-r{attempt}", DisconnectReason.CLIENT)
+        records = stream.read()
+        for start in range(0, len(records), args.batch):
+            lambda_handler({"Records": records[start:start + args.batch]})
+        stream.read()  # presence's own writes of those changes, which the consumer skips
+        bus.entries.clear()
 
-        print(f"{args.users} users x {args.devices} devices; PutEvents +{args.bus_ms:.0f} ms; batches of {args.batch}")
+        print(f"{args.users} users x {args.devices} devices, {args.reconnects} earlier connections each today; "
+              f"PutEvents +{args.bus_ms:.0f} ms; batches of {args.batch}")
         print(f"{'phase':<12}{'records':>9}{'events':>8}{'events/s':>10}{'records/s':>11}"
               f"{'row WU/change':>15}{'presence WU':>13}{'presence RU':>13}")
         for phase in ("connect", "disconnect"):
@@ -69,7 +80,7 @@ def main() -> int:
                     service.admin_disconnect_user(f"u{user}")
             row_units = sum((rows.units - before_rows).values())
             records = stream.read()
-            events_before, units_before, reads_before = len(bus.entries), Counter(presence.units), reads["units"]
+            events_before, units_before, reads_before = len(bus.entries), Counter(presence.units), reads.units
             started = time.perf_counter()
             for start in range(0, len(records), args.batch):
                 answer = lambda_handler({"Records": records[start:start + args.batch]})
@@ -79,7 +90,7 @@ def main() -> int:
             events = len(bus.entries) - events_before
             spent = sum((presence.units - units_before).values())
             print(f"{phase:<12}{len(records):>9}{events:>8}{events / seconds:>10.0f}{len(records) / seconds:>11.0f}"
-                  f"{row_units / changes:>15.2f}{spent / changes:>13.2f}{(reads['units'] - reads_before) / changes:>13.2f}")
+                  f"{row_units / changes:>15.2f}{spent / changes:>13.2f}{(reads.units - reads_before) / changes:>13.2f}")
     return 0
 
 

@@ -2,22 +2,24 @@
 
 Every record that changes a connection (:mod:`connection_manager.presence_events`) is
 applied to its user's presence item (:func:`models.platform.presence_key`): the set of
-the user's open connection ids, the last sequence number applied per connection, and the
-events the change owes the bus. The item is written with a condition on its version, so
+the user's open connection ids, the last sequence number applied per open connection, and
+the events the change owes the bus. The item is written with a condition on its version, so
 two consumers applying records of the same user (two devices connecting at once, their
 records on two shards) are serialized by DynamoDB: the second sees the first's set, and
 only one of them finds the set empty and says ``User Online``.
 
 * **Exactly once.** A record whose sequence number is not above the one stored for its
   connection was applied before (a Lambda retry, a record delivered twice, the stream
-  replayed from its start): it changes nothing and owes nothing new.
+  replayed from its start): it changes nothing and owes nothing new. A closed connection's
+  last sequence number moves from the user's item to a mark of its own
+  (:func:`models.platform.closed_key`), which DynamoDB's TTL removes after 25 hours (the
+  stream keeps records 24), so the user's item holds only their open connections and a
+  change writes a small item however often the user reconnected today.
 * **Nothing lost.** A change and the events it owes are one write; the events are cleared
   from the item only once ``PutEvents`` took them. A record whose events were not all
   published is given back to Lambda (``batchItemFailures``); its retry finds the change
   applied and publishes what is still owed, under the same ``eventId``.
 
-A sequence number is kept 25 hours after its connection closed (the stream keeps records
-24 hours), then pruned, so an item holds one entry per connection of the user's last day.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pynamodb.exceptions import PynamoDBException
@@ -42,12 +44,12 @@ from connection_manager.presence_events import (
     event_id,
     user_event,
 )
-from models.platform import PlatformRecord, presence_key
+from models.platform import PlatformRecord, closed_key, presence_key
 
 log = logging.getLogger(__name__)
 
-#: How long a closed connection's sequence number is kept: longer than the stream keeps records.
-KEEP_SEQUENCE_MS = 25 * 3600 * 1000
+#: How long a closed connection's mark is kept: longer than the stream keeps records.
+KEEP_CLOSED = timedelta(hours=25)
 #: Tries of one write that lose to another consumer's write of the same user.
 CONTENTION_ATTEMPTS = 8
 
@@ -68,7 +70,7 @@ class Consumed:
 class _Item:
     user_id: str
     members: set[str]
-    sequences: dict[str, list[int]]
+    sequences: dict[str, int]  # open connection -> last sequence number applied
     last_seen_at: str | None
     owed: list[Event]
     version: int | None  # None: not stored yet
@@ -147,29 +149,54 @@ class Presence:
     # One change ------------------------------------------------------------------------
 
     def _apply(self, change: Change, now: datetime, done: Consumed) -> _Item:
-        """The item after ``change``: written once, or as it was when the change was already in."""
+        """The item after ``change``: written once, or as it was when the change was already in.
+
+        An open connection's last sequence number is in the user's item; a closed one's in
+        its mark, read only when the item does not know the connection (an open is usually
+        of a new connection, so it reads both items in one request)."""
+        cid = change.connection_id
+        item, marked = self._read_with_mark(change.user_id, cid) if change.opened else (self._read(change.user_id), None)
         for _ in range(CONTENTION_ATTEMPTS):
-            item = self._read(change.user_id)
-            last = item.sequences.get(change.connection_id)
-            if last is not None and last[0] >= change.sequence:
+            if cid not in item.sequences and not change.opened and marked is None:
+                marked = self._closed_sequence(cid)
+            last = item.sequences.get(cid, marked)
+            if last is not None and last >= change.sequence:
                 done.duplicates += 1
                 return item  # still owing what an earlier try did not publish
             was_online = bool(item.members)
-            (item.members.add if change.opened else item.members.discard)(change.connection_id)
+            (item.members.add if change.opened else item.members.discard)(cid)
             owed = [connection_event(change, self.table)]
             if was_online != bool(item.members):
                 owed.append(user_event(change, self.table))
-            epoch_ms = int(now.timestamp() * 1000)
-            item.sequences[change.connection_id] = [change.sequence, epoch_ms]
-            item.sequences = {
-                key: value for key, value in item.sequences.items()
-                if key in item.members or epoch_ms - value[1] < KEEP_SEQUENCE_MS
-            }
-            item.last_seen_at, item.owed = change.at, item.owed + owed
+            item.sequences = {key: value for key, value in item.sequences.items() if key in item.members}
+            if change.opened:
+                item.sequences[cid] = change.sequence
+            owing = {detail["eventId"] for _, detail in item.owed}
+            item.last_seen_at = change.at
+            item.owed = item.owed + [event for event in owed if event[1]["eventId"] not in owing]
             if self._write(item):
+                if not change.opened:
+                    self._mark_closed(change, now)
                 done.changes += 1
                 return item
+            item = self._read(change.user_id)
         raise _Contention(change.user_id)
+
+    def _mark_closed(self, change: Change, now: datetime) -> None:
+        """Keep a closed connection's last sequence number for replays, out of the user's item.
+
+        Written after the item: should it fail, the record is retried, and its retry, which
+        finds neither the connection in the item nor a mark, changes no set and so says no
+        transition; it re-owes ``Connection Closed`` under the same ``eventId``."""
+        body = json.dumps({"userId": change.user_id, "sequence": change.sequence}, separators=(",", ":"))
+        self.records(closed_key(change.connection_id), body=body, expires_at=now + KEEP_CLOSED).save()
+
+    def _closed_sequence(self, connection_id: str) -> int | None:
+        try:
+            mark = self.records.get(closed_key(connection_id), consistent_read=True)
+        except self.records.DoesNotExist:
+            return None
+        return _mark_sequence(mark)
 
     def _forget(self, published: set[str], item: _Item) -> None:
         """Clear published events from the item; fenced like every write, retried on contention."""
@@ -189,11 +216,15 @@ class Presence:
         try:
             stored = self.records.get(presence_key(user_id), consistent_read=True)
         except self.records.DoesNotExist:
-            return _Item(user_id, set(), {}, None, [], None)
-        body = json.loads(stored.body or "{}")
-        owed = [(str(kind), dict(detail)) for kind, detail in json.loads(stored.pending or "[]")]
-        return _Item(user_id, set(body.get("members", [])), dict(body.get("sequences", {})), body.get("lastSeenAt"),
-                     owed, int(stored.version) if stored.version is not None else 0)
+            return _item_of(user_id, None)
+        return _item_of(user_id, stored)
+
+    def _read_with_mark(self, user_id: str, connection_id: str) -> tuple[_Item, int | None]:
+        """The user's item and the connection's closed mark, in one consistent BatchGetItem."""
+        wanted = {presence_key(user_id): "item", closed_key(connection_id): "mark"}
+        found = {wanted[record.key]: record for record in self.records.batch_get(list(wanted), consistent_read=True)}
+        mark = found.get("mark")
+        return _item_of(user_id, found.get("item")), _mark_sequence(mark) if mark is not None else None
 
     def _write(self, item: _Item) -> bool:
         """Store ``item`` unless someone wrote the user's presence since it was read."""
@@ -211,6 +242,24 @@ class Presence:
             raise
         item.version = (item.version or 0) + 1
         return True
+
+
+def _item_of(user_id: str, stored: PlatformRecord | None) -> _Item:
+    if stored is None:
+        return _Item(user_id, set(), {}, None, [], None)
+    body = json.loads(stored.body or "{}")
+    members = set(body.get("members", []))
+    # An item of an earlier layout kept [sequence, epoch ms] per connection, closed ones too.
+    sequences = {key: int(value[0] if isinstance(value, list) else value)
+                 for key, value in dict(body.get("sequences", {})).items() if key in members}
+    owed = [(str(kind), dict(detail)) for kind, detail in json.loads(stored.pending or "[]")]
+    return _Item(user_id, members, sequences, body.get("lastSeenAt"), owed,
+                 int(stored.version) if stored.version is not None else 0)
+
+
+def _mark_sequence(mark: PlatformRecord) -> int | None:
+    sequence = json.loads(mark.body or "{}").get("sequence")
+    return int(sequence) if isinstance(sequence, int) else None
 
 
 class _Contention(PynamoDBException):

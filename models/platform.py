@@ -24,6 +24,8 @@ SNAPSHOT_KEY = RESERVED_PREFIX + "snapshot"
 PASS_KEY = RESERVED_PREFIX + "snapshot#pass"
 #: A user's presence: the connection ids the stream has seen open (see connection_manager.presence).
 PRESENCE_PREFIX = RESERVED_PREFIX + "presence#"
+#: A closed connection's last sequence number applied by presence, until DynamoDB's TTL removes it.
+CLOSED_PREFIX = RESERVED_PREFIX + "closed#"
 #: ``LiveIndex`` partition of the sweep history (connections use ``0..live_shards-1``).
 HISTORY_SHARD = -1
 
@@ -42,6 +44,11 @@ def history_key(epoch_seconds: int, unique: str) -> str:
 
 def presence_key(user_id: str) -> str:
     return PRESENCE_PREFIX + user_id
+
+
+def closed_key(connection_id: str) -> str:
+    """Not under :data:`PRESENCE_PREFIX`: a user id may look like anything after it."""
+    return CLOSED_PREFIX + connection_id
 
 
 def is_reserved(key: str) -> bool:

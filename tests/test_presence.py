@@ -365,3 +365,41 @@ def test_zappa_settings__post_callback_wires_the_stream():
 
     assert getattr(importlib.import_module(module), name) is wire
     assert settings["production"]["extends"] == "dev"
+
+
+def test_closed_mark_not_written__record_retried__no_second_transition(presence, bus, monkeypatch):
+    # Given a user's only connection closing, its mark's write failing once
+    from pynamodb.exceptions import PutError
+
+    presence.consume([opened(1, "a")])
+    real = Presence._mark_closed
+    failures = iter([PutError("throttled")])
+
+    def mark_closed(self: Presence, change: Any, now: Any) -> None:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        real(self, change, now)
+
+    monkeypatch.setattr(Presence, "_mark_closed", mark_closed)
+    first = presence.consume([closed(2, "a"), opened(3, "b", user="u2")])
+    assert first.failed == "2"  # Lambda retries from the close
+
+    # When Lambda retries from it, then the stream is replayed from its start
+    retried = presence.consume([closed(2, "a"), opened(3, "b", user="u2")])
+    replayed = presence.consume([opened(1, "a"), closed(2, "a"), opened(3, "b", user="u2")])
+
+    # Then the user went offline once, and the replay found the mark
+    assert retried.failed is None and replayed.failed is None and replayed.changes == 0
+    assert Counter(kind for kind, _ in bus.kinds()) == {OPENED: 2, ONLINE: 2, CLOSED: 1, OFFLINE: 1}
+
+
+def test_presence_item__holds_only_open_connections(presence, service):
+    presence.consume([opened(n, f"c{n}") for n in range(1, 6)] + [closed(10 + n, f"c{n}") for n in range(1, 5)])
+
+    import json
+
+    from models.platform import presence_key
+
+    body = json.loads(service.platform.records.get(presence_key("u1"), consistent_read=True).body)
+    assert body["members"] == ["c5"] and body["sequences"] == {"c5": 5}

@@ -21,7 +21,7 @@ from connection_manager.handler import lambda_handler
 from connection_manager.presence_events import CLOSED, OFFLINE, ONLINE, OPENED
 from connection_manager.service import ConnectionService
 from models.connection import DisconnectReason
-from tests.support.capacity_meter import CapacityMeter
+from tests.support.capacity_meter import CapacityMeter, ReadMeter
 from tests.support.engines import Engine
 from tests.support.fixtures import NOW
 from tests.support.putevents_standin import PutEventsStandIn
@@ -121,20 +121,20 @@ def test_stream__what_presence_costs__write_and_read_units(engine, wired, bus, c
     records = stream.read()
     client = wired.platform.records._get_connection().connection.client
     meter = CapacityMeter(client)
-    reads: Counter[str] = Counter()
-    client.meta.events.register("provide-client-params.dynamodb.GetItem",
-                                lambda params, **_: params.update(ReturnConsumedCapacity="TOTAL"))
-    client.meta.events.register("after-call.dynamodb.GetItem", lambda parsed, **_: reads.update(
-        {"read units": (parsed.get("ConsumedCapacity") or {}).get("CapacityUnits", 0.0)}))
-
+    reads = ReadMeter(client)
     units = meter.during(lambda: deliver(records))
 
     changes = 4  # two connects, two disconnects
     print(f"\npresence per change: {units['table'] / changes:.2f} write units, "
-          f"{reads['read units'] / changes:.2f} read units; {len(records)} stream records read")
-    # each change is one write; what the batch owed a user is cleared in one more write per user
-    assert units["table"] == pytest.approx(1.0 * changes + 1)
-    assert reads["read units"] == pytest.approx(1.0 * changes)  # one consistent read of a small item
+          f"{reads.units / changes:.2f} read units; {len(records)} stream records read")
+    # each change is one write, and a disconnect one more, the closed connection's mark; what
+    # the batch owed a user is cleared in one more write per user
+    assert units["table"] == pytest.approx(1.0 * changes + 2 + 1)
+    # a consistent read of the user's item per change; a connect also asks for the closed
+    # mark of its connection in the same request. DynamoDB Local bills only the items a
+    # BatchGetItem finds: neither for the first connect (no item yet, a new connection), the
+    # user's item for the second. DynamoDB bills a missing item as a read: 2 + 2 + 1 + 1.
+    assert reads.units == pytest.approx(0 + 1 + 1 + 1)
     assert set(units) == {"table"}  # presence items reach no index
 
 
@@ -197,3 +197,30 @@ def test_stream__shards_interleaved__each_user_one_online_one_offline_in_order(e
                 if entry["detail"]["userId"] == user_id]
         assert Counter(kind for kind, _ in mine) == {OPENED: 2, ONLINE: 1, CLOSED: 2, OFFLINE: 1}
         assert mine[-1] == (OFFLINE, last)
+
+
+@pytest.mark.parametrize("engine", ["dynamodb-local"], indirect=True)
+def test_stream__a_user_who_reconnected_all_day__a_change_still_costs_one_write(engine, wired, bus):
+    # Given a user whose client reconnected 200 times today, every connection consumed
+    stream = StreamReader(engine.url, TABLE)
+    for attempt in range(200):
+        wired.register_connection(f"flap-{attempt:03d}", "u1")
+        wired.disconnect(f"flap-{attempt:03d}", DisconnectReason.CLIENT)
+    assert deliver(stream.read()) == {"batchItemFailures": []}
+
+    # When one more connection opens, and closes
+    wired.register_connection("again", "u1")
+    opening = stream.read()
+    wired.disconnect("again", DisconnectReason.CLIENT)
+    closing = stream.read()
+    meter = CapacityMeter(wired.platform.records._get_connection().connection.client)
+
+    # Then each change writes a small item, not the user's day of connections
+    assert meter.during(lambda: deliver(opening))["table"] == pytest.approx(2.0)  # the change, then its events cleared
+    assert meter.during(lambda: deliver(closing))["table"] == pytest.approx(3.0)  # and the closed connection's mark
+    assert Counter(kind for kind, _ in bus.kinds()) == {OPENED: 201, CLOSED: 201, ONLINE: 201, OFFLINE: 201}
+
+    # And a replay of the whole day from the stream's start publishes nothing again
+    published = len(bus.entries)
+    assert deliver(stream.read(replay=True)) == {"batchItemFailures": []}
+    assert len(bus.entries) == published

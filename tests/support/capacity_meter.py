@@ -43,3 +43,26 @@ class CapacityMeter:
         before = Counter(self.units)
         action()
         return Counter({name: units - before[name] for name, units in self.units.items() if units != before[name]})
+
+
+class ReadMeter:
+    """Read units of every GetItem and BatchGetItem the attached client sends (``units``).
+
+    DynamoDB Local bills a BatchGetItem only for the items it finds; DynamoDB bills a
+    missing item as a read too, so count what a request asked for where that matters.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.units = 0.0
+
+        def ask(params: dict[str, Any], **_: Any) -> None:
+            params["ReturnConsumedCapacity"] = "TOTAL"
+
+        def add(parsed: dict[str, Any], **_: Any) -> None:
+            consumed = parsed.get("ConsumedCapacity") or {}
+            for part in consumed if isinstance(consumed, list) else [consumed]:
+                self.units += part.get("CapacityUnits", 0.0)
+
+        for operation in ("GetItem", "BatchGetItem"):
+            client.meta.events.register(f"provide-client-params.dynamodb.{operation}", ask)
+            client.meta.events.register(f"after-call.dynamodb.{operation}", add)
