@@ -40,7 +40,7 @@ def main() -> int:
     from connection_manager.config import Settings
     from connection_manager.handler import lambda_handler
     from models.connection import DisconnectReason
-    from tests.support.capacity_meter import CapacityMeter, ReadMeter
+    from tests.support.capacity_meter import CapacityMeter
     from tests.support.dynamodb_local import DynamoDBLocal
     from tests.support.putevents_standin import PutEventsStandIn
     from tests.support.stream_reader import StreamReader
@@ -55,7 +55,6 @@ def main() -> int:
         stream = StreamReader(server.url, "bench")
         rows = CapacityMeter(service.model._get_connection().connection.client)
         presence = CapacityMeter(service.platform.records._get_connection().connection.client)
-        reads = ReadMeter(service.platform.records._get_connection().connection.client)
         for attempt in range(args.reconnects):  # the day's earlier connections of every user
             for user in range(args.users):
                 service.register_connection(f"u{user}-r{attempt}", f"u{user}")
@@ -69,7 +68,7 @@ def main() -> int:
         print(f"{args.users} users x {args.devices} devices, {args.reconnects} earlier connections each today; "
               f"PutEvents +{args.bus_ms:.0f} ms; batches of {args.batch}")
         print(f"{'phase':<12}{'records':>9}{'events':>8}{'events/s':>10}{'records/s':>11}"
-              f"{'row WU/change':>15}{'presence WU':>13}{'presence RU':>13}")
+              f"{'row WU/change':>15}{'presence WU':>13}{'presence RU':>13}{'items read':>13}")
         for phase in ("connect", "disconnect"):
             before_rows = Counter(rows.units)
             for user in range(args.users):
@@ -80,7 +79,8 @@ def main() -> int:
                     service.admin_disconnect_user(f"u{user}")
             row_units = sum((rows.units - before_rows).values())
             records = stream.read()
-            events_before, units_before, reads_before = len(bus.entries), Counter(presence.units), reads.units
+            events_before, units_before, asked_before = len(bus.entries), Counter(presence.units), presence.items_asked
+            reads_before = sum(presence.reads.values())
             started = time.perf_counter()
             for start in range(0, len(records), args.batch):
                 answer = lambda_handler({"Records": records[start:start + args.batch]})
@@ -89,8 +89,10 @@ def main() -> int:
             changes = args.users * args.devices
             events = len(bus.entries) - events_before
             spent = sum((presence.units - units_before).values())
+            read = sum(presence.reads.values()) - reads_before
             print(f"{phase:<12}{len(records):>9}{events:>8}{events / seconds:>10.0f}{len(records) / seconds:>11.0f}"
-                  f"{row_units / changes:>15.2f}{spent / changes:>13.2f}{(reads.units - reads_before) / changes:>13.2f}")
+                  f"{row_units / changes:>15.2f}{spent / changes:>13.2f}{read / changes:>13.2f}"
+                  f"{(presence.items_asked - asked_before) / changes:>13.2f}")
     return 0
 
 

@@ -155,10 +155,12 @@ class Presence:
         its mark, read only when the item does not know the connection (an open is usually
         of a new connection, so it reads both items in one request)."""
         cid = change.connection_id
-        item, marked = self._read_with_mark(change.user_id, cid) if change.opened else (self._read(change.user_id), None)
+        if change.opened:
+            item, marked = self._read_with_mark(change.user_id, cid)
+        else:
+            item = self._read(change.user_id)
+            marked = None if cid in item.sequences else self._closed_sequence(cid)
         for _ in range(CONTENTION_ATTEMPTS):
-            if cid not in item.sequences and not change.opened and marked is None:
-                marked = self._closed_sequence(cid)
             last = item.sequences.get(cid, marked)
             if last is not None and last >= change.sequence:
                 done.duplicates += 1
@@ -168,9 +170,10 @@ class Presence:
             owed = [connection_event(change, self.table)]
             if was_online != bool(item.members):
                 owed.append(user_event(change, self.table))
-            item.sequences = {key: value for key, value in item.sequences.items() if key in item.members}
             if change.opened:
                 item.sequences[cid] = change.sequence
+            else:
+                item.sequences.pop(cid, None)
             owing = {detail["eventId"] for _, detail in item.owed}
             item.last_seen_at = change.at
             item.owed = item.owed + [event for event in owed if event[1]["eventId"] not in owing]
@@ -214,9 +217,9 @@ class Presence:
 
     def _read(self, user_id: str) -> _Item:
         try:
-            stored = self.records.get(presence_key(user_id), consistent_read=True)
+            stored: PlatformRecord | None = self.records.get(presence_key(user_id), consistent_read=True)
         except self.records.DoesNotExist:
-            return _item_of(user_id, None)
+            stored = None
         return _item_of(user_id, stored)
 
     def _read_with_mark(self, user_id: str, connection_id: str) -> tuple[_Item, int | None]:

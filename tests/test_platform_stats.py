@@ -2,7 +2,6 @@
 and the sweep history; none of these records ever shows up as a connection."""
 from __future__ import annotations
 
-from collections import Counter
 from datetime import timedelta
 from typing import Any
 
@@ -17,6 +16,7 @@ from connection_manager.service import ConnectionService, new_connection_row
 from connection_manager.sketch import DistinctCounter, TopCounter
 from models.platform import SNAPSHOT_KEY, counter_key, is_reserved
 from models.connection import DisconnectReason, shard_for
+from tests.support.capacity_meter import CapacityMeter
 from tests.support.dynamodb_local import DynamoDBLocal
 from tests.support.fixtures import *  # noqa: F401,F403
 from tests.support.fixtures import NOW, platform_items, raw_items
@@ -184,26 +184,6 @@ def test_sketches__added_page_by_page__same_state_as_one_by_one(exact_up_to):
 # Cost, measured on DynamoDB Local ----------------------------------------------------------
 
 
-class ReadMeter:
-    """Sums the read units DynamoDB Local reports for every read a client sends."""
-
-    def __init__(self) -> None:
-        self.units: Counter[str] = Counter()
-
-    def attach(self, client: Any) -> None:
-        def ask(params: dict[str, Any], **_: Any) -> None:
-            params["ReturnConsumedCapacity"] = "TOTAL"
-
-        def add(parsed: dict[str, Any], model: Any, **_: Any) -> None:
-            consumed = parsed.get("ConsumedCapacity") or []
-            for part in consumed if isinstance(consumed, list) else [consumed]:
-                self.units[model.name] += part.get("CapacityUnits", 0.0)
-
-        for operation in ("Query", "BatchGetItem", "GetItem", "Scan"):
-            client.meta.events.register(f"provide-client-params.dynamodb.{operation}", ask)
-            client.meta.events.register(f"after-call.dynamodb.{operation}", add)
-
-
 @pytest.mark.dynamodb_local
 def test_stats__100_and_2000_live_connections__same_read_units(dynamodb_local: DynamoDBLocal, monkeypatch):
     # Given the service on DynamoDB Local, its reads metered
@@ -212,7 +192,7 @@ def test_stats__100_and_2000_live_connections__same_read_units(dynamodb_local: D
     monkeypatch.setattr(wiring, "_service", None)
     service = wiring.build_service(Settings(table_name="stats-cost", region="us-east-1"), FixedClock(NOW))
     service.create_table()
-    meter = ReadMeter()
+    meter = CapacityMeter()
     meter.attach(service.model._get_connection().connection.client)
     meter.attach(service.platform.records._get_connection().connection.client)
 
@@ -220,14 +200,14 @@ def test_stats__100_and_2000_live_connections__same_read_units(dynamodb_local: D
         with service.model.batch_write() as batch:
             for index in range(start, start + count):
                 batch.save(new_connection_row(f"conn-{index:05d}", f"user-{index % 300}", NOW, None, service.model))
-        meter.units.clear()
+        meter.reads.clear()
         service.take_snapshot()
-        print(f"snapshot at {start + count} live connections: {dict(meter.units)} read units")
+        print(f"snapshot at {start + count} live connections: {dict(meter.reads)} read units")
 
     def stats_units() -> tuple[int, float]:
-        meter.units.clear()
+        meter.reads.clear()
         stats = service.stats()
-        return stats.active_connections, sum(meter.units.values())
+        return stats.active_connections, sum(meter.reads.values())
 
     # When /stats is read at 100 live connections, then at 2,000
     seed(0, 100)
@@ -238,4 +218,4 @@ def test_stats__100_and_2000_live_connections__same_read_units(dynamodb_local: D
     # Then it counted both exactly, and read the same units both times
     assert (small[0], large[0]) == (100, 2000)
     assert small[1] == large[1] > 0
-    print(f"/stats read units: {small[1]} at 100 live connections, {large[1]} at 2,000 ({dict(meter.units)})")
+    print(f"/stats read units: {small[1]} at 100 live connections, {large[1]} at 2,000 ({dict(meter.reads)})")

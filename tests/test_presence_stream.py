@@ -21,7 +21,7 @@ from connection_manager.handler import lambda_handler
 from connection_manager.presence_events import CLOSED, OFFLINE, ONLINE, OPENED
 from connection_manager.service import ConnectionService
 from models.connection import DisconnectReason
-from tests.support.capacity_meter import CapacityMeter, ReadMeter
+from tests.support.capacity_meter import CapacityMeter
 from tests.support.engines import Engine
 from tests.support.fixtures import NOW
 from tests.support.putevents_standin import PutEventsStandIn
@@ -121,20 +121,22 @@ def test_stream__what_presence_costs__write_and_read_units(engine, wired, bus, c
     records = stream.read()
     client = wired.platform.records._get_connection().connection.client
     meter = CapacityMeter(client)
-    reads = ReadMeter(client)
     units = meter.during(lambda: deliver(records))
 
     changes = 4  # two connects, two disconnects
-    print(f"\npresence per change: {units['table'] / changes:.2f} write units, "
-          f"{reads.units / changes:.2f} read units; {len(records)} stream records read")
+    read_units = sum(meter.reads.values())
+    print(f"\npresence per change: {units['table'] / changes:.2f} write units, {read_units / changes:.2f} read "
+          f"units, {meter.items_asked / changes:.2f} items read; {len(records)} stream records read")
     # each change is one write, and a disconnect one more, the closed connection's mark; what
     # the batch owed a user is cleared in one more write per user
     assert units["table"] == pytest.approx(1.0 * changes + 2 + 1)
     # a consistent read of the user's item per change; a connect also asks for the closed
-    # mark of its connection in the same request. DynamoDB Local bills only the items a
-    # BatchGetItem finds: neither for the first connect (no item yet, a new connection), the
-    # user's item for the second. DynamoDB bills a missing item as a read: 2 + 2 + 1 + 1.
-    assert reads.units == pytest.approx(0 + 1 + 1 + 1)
+    # mark of its connection, in the same request: 2 + 2 + 1 + 1 items, each under 4 KB
+    assert meter.items_asked == 2 + 2 + 1 + 1
+    # DynamoDB Local bills only the items a BatchGetItem finds: neither for the first connect
+    # (no item yet, a new connection), the user's item for the second. DynamoDB bills the
+    # items asked, found or not.
+    assert read_units == pytest.approx(0 + 1 + 1 + 1)
     assert set(units) == {"table"}  # presence items reach no index
 
 
